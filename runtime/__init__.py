@@ -1,0 +1,1 @@
+"""Site coordination runtime: public API (filled in as modules land)."""

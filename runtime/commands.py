@@ -1,0 +1,180 @@
+"""Commands: what the runtime asks a device to do, and the lifecycle every command goes through.
+
+A :class:`Command` is an immutable snapshot. A transition produces a new snapshot
+(:meth:`Command.evolve`); the owner of the command table (the dispatcher) holds the current one.
+Values are in kW for rates and limits, percent for SET_SOC_TARGET.
+
+Lifecycle::
+
+    PENDING -> DISPATCHED -> ACKNOWLEDGED -> COMPLETED
+       |  \\         |             |
+       |   HELD      +-> FAILED / TIMED_OUT / REJECTED (final, or back to PENDING for a retry)
+       +-> EXPIRED / SUPERSEDED (final)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "Command", "CommandType", "CommandStatus", "FINAL_STATUSES", "ALLOWED_TRANSITIONS",
+    "InvalidCommandTransition", "new_command_id",
+]
+
+
+class CommandType(str, Enum):
+    SET_CHARGE_RATE = "SET_CHARGE_RATE"
+    SET_DISCHARGE_RATE = "SET_DISCHARGE_RATE"
+    SET_POWER_LIMIT = "SET_POWER_LIMIT"
+    SET_SOC_TARGET = "SET_SOC_TARGET"
+    START_CHARGING = "START_CHARGING"
+    STOP_CHARGING = "STOP_CHARGING"
+    CHANGE_AVAILABILITY = "CHANGE_AVAILABILITY"
+
+    @property
+    def is_setpoint(self) -> bool:
+        """Setpoints are absolute values: a newer one for the same asset+channel supersedes an older one."""
+        return self in _SETPOINTS
+
+
+_SETPOINTS = frozenset({CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE,
+                        CommandType.SET_POWER_LIMIT, CommandType.SET_SOC_TARGET})
+
+
+class CommandStatus(str, Enum):
+    PENDING = "PENDING"
+    DISPATCHED = "DISPATCHED"
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    EXPIRED = "EXPIRED"
+    SUPERSEDED = "SUPERSEDED"
+    REJECTED = "REJECTED"
+    HELD = "HELD"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({CommandStatus.COMPLETED, CommandStatus.FAILED, CommandStatus.TIMED_OUT,
+                            CommandStatus.EXPIRED, CommandStatus.SUPERSEDED, CommandStatus.REJECTED})
+
+_S = CommandStatus
+#: Every legal status change. FAILED and TIMED_OUT are final only when no retry is left; a retry
+#: goes back to PENDING directly from DISPATCHED/ACKNOWLEDGED (the table records the error).
+ALLOWED_TRANSITIONS: dict[CommandStatus, frozenset[CommandStatus]] = {
+    _S.PENDING: frozenset({_S.DISPATCHED, _S.HELD, _S.EXPIRED, _S.SUPERSEDED, _S.REJECTED}),
+    _S.HELD: frozenset({_S.PENDING, _S.EXPIRED, _S.SUPERSEDED, _S.REJECTED}),
+    _S.DISPATCHED: frozenset({_S.ACKNOWLEDGED, _S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.REJECTED,
+                              _S.SUPERSEDED, _S.PENDING, _S.HELD, _S.EXPIRED}),
+    _S.ACKNOWLEDGED: frozenset({_S.COMPLETED, _S.FAILED, _S.TIMED_OUT, _S.REJECTED, _S.SUPERSEDED,
+                                _S.PENDING, _S.HELD, _S.EXPIRED}),
+    _S.COMPLETED: frozenset(), _S.FAILED: frozenset(), _S.TIMED_OUT: frozenset(),
+    _S.EXPIRED: frozenset(), _S.SUPERSEDED: frozenset(), _S.REJECTED: frozenset(),
+}
+
+
+class InvalidCommandTransition(ValueError):
+    """A status change the lifecycle does not allow (names the command and both statuses)."""
+
+
+_id_prefix = os.urandom(3).hex()
+_id_counter = itertools.count(1)
+
+
+def new_command_id() -> str:
+    """A process-unique command id (``cmd-<random>-<n>``)."""
+    return f"cmd-{_id_prefix}-{next(_id_counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command for one asset.
+
+    ``value`` is kW for rate/limit commands (always >= 0; direction is in the type), percent for
+    SET_SOC_TARGET, 1/0 (operative/inoperative) for CHANGE_AVAILABILITY, ignored by START/STOP.
+    ``scheduled_time`` is when it becomes due; ``expires_at`` (optional) is when it is no longer
+    worth applying. ``priority``: higher goes first among commands due at the same time.
+    """
+
+    command_id: str
+    asset_id: str
+    command_type: CommandType
+    value: float
+    scheduled_time: datetime
+    status: CommandStatus = CommandStatus.PENDING
+    attempts: int = 0
+    priority: int = 0
+    expires_at: datetime | None = None
+    created_at: datetime | None = None
+    last_error: str | None = None
+    source: str = "api"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command_type, CommandType):
+            try:
+                object.__setattr__(self, "command_type", CommandType(self.command_type))
+            except ValueError:
+                raise ValueError(f"command_type: unknown command type {self.command_type!r}") from None
+        if not isinstance(self.status, CommandStatus):
+            object.__setattr__(self, "status", CommandStatus(self.status))
+        if not self.command_id or not isinstance(self.command_id, str):
+            raise ValueError(f"command_id: must be a non-empty string, got {self.command_id!r}")
+        if not self.asset_id or not isinstance(self.asset_id, str):
+            raise ValueError(f"asset_id: must be a non-empty string, got {self.asset_id!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or self.value != self.value:
+            raise ValueError(f"value: must be a number, got {self.value!r} (command {self.command_id})")
+        for name in ("scheduled_time", "expires_at", "created_at"):
+            ts = getattr(self, name)
+            if ts is not None and (not isinstance(ts, datetime) or ts.tzinfo is None):
+                raise ValueError(f"{name}: must be a tz-aware datetime, got {ts!r} (command {self.command_id})")
+
+    @property
+    def channel(self) -> tuple[str, CommandType]:
+        """(asset, command type): a newer setpoint on the same channel supersedes an older one."""
+        return (self.asset_id, self.command_type)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def evolve(self, status: CommandStatus | None = None, **changes: Any) -> "Command":
+        """A copy with ``status`` (checked against the lifecycle) and other fields changed."""
+        if status is not None and status != self.status:
+            if status not in ALLOWED_TRANSITIONS[self.status]:
+                raise InvalidCommandTransition(
+                    f"command {self.command_id} ({self.asset_id}): {self.status.value} -> {status.value} "
+                    f"is not a legal transition")
+            changes["status"] = status
+        return dataclasses.replace(self, **changes)
+
+    def to_record(self) -> dict[str, Any]:
+        """A msgpack-friendly dict of this snapshot (epoch seconds for times)."""
+        return {
+            "id": self.command_id, "asset": self.asset_id, "type": self.command_type.value,
+            "value": float(self.value), "at": self.scheduled_time.timestamp(), "status": self.status.value,
+            "attempts": self.attempts, "priority": self.priority,
+            "exp": self.expires_at.timestamp() if self.expires_at else None,
+            "created": self.created_at.timestamp() if self.created_at else None,
+            "err": self.last_error, "src": self.source,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> "Command":
+        from .clock import to_datetime
+        return cls(
+            command_id=rec["id"], asset_id=rec["asset"], command_type=CommandType(rec["type"]),
+            value=rec["value"], scheduled_time=to_datetime(rec["at"]), status=CommandStatus(rec["status"]),
+            attempts=rec["attempts"], priority=rec["priority"],
+            expires_at=to_datetime(rec["exp"]) if rec.get("exp") is not None else None,
+            created_at=to_datetime(rec["created"]) if rec.get("created") is not None else None,
+            last_error=rec.get("err"), source=rec.get("src", "api"),
+        )

@@ -1,0 +1,120 @@
+"""Typed lifecycle events and the synchronous :class:`EventBus`.
+
+An :class:`Event` is immutable: a type, a tz-aware timestamp and a payload dict (treat it as
+read-only). The same event types flow through the synchronous bus (seed API, usable without
+actors) and through the event actor of a running :class:`~runtime.site.Site`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EventType", "Event", "EventBus", "Subscriber"]
+
+
+class EventType(str, Enum):
+    """Every kind of event the runtime publishes."""
+
+    COMMAND_CREATED = "COMMAND_CREATED"
+    COMMAND_DISPATCHED = "COMMAND_DISPATCHED"
+    COMMAND_ACKNOWLEDGED = "COMMAND_ACKNOWLEDGED"
+    COMMAND_COMPLETED = "COMMAND_COMPLETED"
+    COMMAND_FAILED = "COMMAND_FAILED"
+    COMMAND_TIMED_OUT = "COMMAND_TIMED_OUT"
+    COMMAND_EXPIRED = "COMMAND_EXPIRED"
+    COMMAND_SUPERSEDED = "COMMAND_SUPERSEDED"
+    COMMAND_REJECTED = "COMMAND_REJECTED"
+    COMMAND_HELD = "COMMAND_HELD"
+    COMMAND_RETRY_SCHEDULED = "COMMAND_RETRY_SCHEDULED"
+    STATE_CHANGED = "STATE_CHANGED"
+    SCHEDULE_RECEIVED = "SCHEDULE_RECEIVED"
+    TELEMETRY = "TELEMETRY"
+    ASSET_CONNECTED = "ASSET_CONNECTED"
+    ASSET_DISCONNECTED = "ASSET_DISCONNECTED"
+    ASSET_RESTARTED = "ASSET_RESTARTED"
+    ASSET_UNAVAILABLE = "ASSET_UNAVAILABLE"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: ``type``, ``timestamp`` (tz-aware UTC) and ``payload``."""
+
+    type: EventType
+    timestamp: datetime
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """A msgpack/JSON-friendly dict (used by the journal and the CLI)."""
+        return {"type": self.type.value, "ts": self.timestamp.timestamp(), "payload": _plain(self.payload)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value if isinstance(value.value, (str, int)) else value.name
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, (str, int, float, bool, bytes)):
+        return value
+    return str(value)
+
+
+Subscriber = Callable[[Event], Any]
+
+
+class EventBus:
+    """Typed synchronous publish/subscribe.
+
+    ``subscribe(EventType.X, fn)`` registers ``fn`` for one type; ``subscribe(None, fn)`` for all.
+    ``publish`` calls subscribers in subscription order in the publishing thread. A subscriber that
+    raises is logged and the others still receive the event.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self._subs: dict[EventType | None, list[Subscriber]] = {}
+        self._lock = threading.Lock()
+        self._now = clock or (lambda: datetime.now(timezone.utc))
+
+    def subscribe(self, event_type: EventType | None, fn: Subscriber) -> Callable[[], None]:
+        """Register ``fn``; returns a function that unsubscribes it."""
+        if event_type is not None and not isinstance(event_type, EventType):
+            raise TypeError(f"event_type must be an EventType or None, got {event_type!r}")
+        with self._lock:
+            self._subs.setdefault(event_type, []).append(fn)
+
+        def unsubscribe() -> None:
+            self.unsubscribe(event_type, fn)
+
+        return unsubscribe
+
+    def unsubscribe(self, event_type: EventType | None, fn: Subscriber) -> None:
+        with self._lock:
+            subs = self._subs.get(event_type, [])
+            if fn in subs:
+                subs.remove(fn)
+
+    def emit(self, event_type: EventType, payload: dict[str, Any] | None = None,
+             timestamp: datetime | None = None) -> Event:
+        """Build an event stamped with the bus clock (or ``timestamp``) and publish it."""
+        event = Event(event_type, timestamp or self._now(), dict(payload or {}))
+        self.publish(event)
+        return event
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            targets = list(self._subs.get(event.type, ())) + list(self._subs.get(None, ()))
+        for fn in targets:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("event subscriber %r raised on %s", fn, event.type.value)
