@@ -106,7 +106,13 @@ class DeviceContext:
 
 
 class DeviceLink(ABC):
-    """One device, as seen by its asset actor. All methods are coroutines run on the I/O loop."""
+    """One device, as seen by its asset actor. All methods are coroutines run on the I/O loop.
+
+    ``required_services`` names the shared services the Site must start for this link
+    (``("ocpp",)`` for an OCPP charger: the central system it registers with).
+    """
+
+    required_services: tuple[str, ...] = ()
 
     @abstractmethod
     async def start(self, ctx: DeviceContext, sink: DeviceSink) -> None:

@@ -1,0 +1,315 @@
+"""AssetActor: one EV charger or battery. It owns the asset's state machine and its device link.
+
+Nothing else mutates the asset's state. The actor never awaits I/O: each ``Execute`` becomes one
+coroutine on the site's I/O loop (commands of an asset run strictly one after another, in order), and
+the outcome comes back as a ``DeviceDone`` message. What the device says on its own arrives as
+``DeviceReport`` messages through the sink the actor gives its link.
+
+Rules it applies before anything reaches the device:
+
+* a command outside the device limits (``AssetSpec.check``) is REJECTED with the reason, never sent;
+* a command for an unhealthy asset (FAULTED, UNAVAILABLE, or link down) is reported HELD.
+
+After a reboot or reconnect (``LinkUp(rebooted=True)``) the actor re-applies the last completed
+setpoint of every channel: setpoints are absolute, so repeating one is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any, Callable
+
+import pykka
+
+from protocols.base import (CommandProgress, CrashRequest, DeviceContext, DeviceEvent, DeviceLink, DeviceResult,
+                            LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
+from runtime.assets import AssetSpec
+from runtime.clock import Clock
+from runtime.commands import Command, CommandStatus, CommandType
+from runtime.events import Event, EventType
+from runtime.iothread import IOThread
+from runtime.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
+
+from .messages import (AssetHealth, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport, Execute,
+                       GetAssetState, Ping, Pong, Publish)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AssetActor", "AssetCrash"]
+
+_OUTCOME_STATUS = {
+    Outcome.ACKNOWLEDGED: CommandStatus.ACKNOWLEDGED,
+    Outcome.COMPLETED: CommandStatus.COMPLETED,
+    Outcome.REJECTED: CommandStatus.REJECTED,
+    Outcome.FAILED: CommandStatus.FAILED,
+    Outcome.TIMED_OUT: CommandStatus.TIMED_OUT,
+    Outcome.NOT_CONNECTED: CommandStatus.HELD,
+}
+_UNHEALTHY_STATES = frozenset({"FAULTED", "UNAVAILABLE"})
+#: |power| below this (kW) counts as idle when a battery's state follows its measured power.
+POWER_DEADBAND_KW = 0.05
+
+
+class AssetCrash(RuntimeError):
+    """Raised inside the actor to crash it on purpose (fault injection via CrashRequest)."""
+
+
+async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float,
+                 lock: asyncio.Lock) -> tuple[tuple[str, DeviceResult], ...]:
+    results = []
+    async with lock:
+        for command in commands:
+            try:
+                result = await asyncio.wait_for(link.execute(command), timeout)
+            except asyncio.TimeoutError:
+                result = DeviceResult(Outcome.TIMED_OUT, f"no answer from the device within {timeout} s")
+            except Exception as exc:  # a link bug must not kill the actor: the command fails, is retried
+                log.exception("%s.execute(%s) raised", link.describe(), command.command_id)
+                result = DeviceResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+            results.append((command.command_id, result))
+    return tuple(results)
+
+
+class AssetActor(pykka.ThreadingActor):
+    """One asset. Started and restarted by the supervisor with the same ``link`` object."""
+
+    def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
+                 dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any],
+                 services: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.link = link
+        self._io, self._clock = io, clock
+        self._dispatcher, self._events, self._supervisor = dispatcher, events, supervisor
+        self._services = services or {}
+        self._lock = asyncio.Lock()
+        self._in_flight: dict[int, concurrent.futures.Future[Any]] = {}  # token -> device coroutine
+        self._next_token = 0
+        self._targets: dict[CommandType, Command] = {}
+        self._sent: dict[str, Command] = {}          # sent to the device, no answer yet
+        self._awaiting: dict[str, Command] = {}      # ACKNOWLEDGED, completion to come as CommandProgress
+        self._link_up = False
+        self._healthy_reported: bool | None = None
+        self._handled = 0
+        factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
+        self.sm = factory(spec.asset_id, on_change=self._on_state_change)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def on_start(self) -> None:
+        ctx = DeviceContext(loop=self._io.loop, clock=self._clock, services=self._services)
+        me = self.actor_ref
+
+        def sink(event: DeviceEvent) -> None:
+            try:
+                me.tell(DeviceReport(event))
+            except pykka.ActorDeadError:
+                log.debug("%s: device report after the actor stopped: %r", self.spec.asset_id, event)
+
+        asset_id = self.spec.asset_id
+
+        def started(f: "concurrent.futures.Future[Any]") -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("%s: starting the device link failed: %r", asset_id, f.exception())
+        self._io.submit(self.link.start(ctx, sink)).add_done_callback(started)
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        self._release_link(block=False)
+        try:
+            self._supervisor.tell(Crashed(self.spec.asset_id, f"{exc_type.__name__}: {exc_value}"))
+        except pykka.ActorDeadError:
+            pass
+
+    def on_stop(self) -> None:
+        self._release_link(block=True)
+
+    def _release_link(self, block: bool) -> None:
+        for fut in self._in_flight.values():
+            fut.cancel()
+        self._in_flight.clear()
+        if not self._io.running:
+            return
+        fut = self._io.submit(self.link.stop())
+        if block:
+            try:
+                fut.result(timeout=5)
+            except Exception:
+                log.exception("%s: stopping the device link failed", self.spec.asset_id)
+
+    # ---- messages ------------------------------------------------------------------------------
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Ping):
+            return Pong(self._handled, {"in_flight": len(self._in_flight)})
+        self._handled += 1
+        if isinstance(message, Execute):
+            return self._execute(message.commands)
+        if isinstance(message, DeviceDone):
+            return self._device_done(message)
+        if isinstance(message, DeviceReport):
+            return self._device_report(message.event)
+        if isinstance(message, GetAssetState):
+            return self.sm.state.name
+        raise TypeError(f"AssetActor {self.spec.asset_id}: unexpected message {message!r}")
+
+    def _execute(self, commands: tuple[Command, ...]) -> None:
+        reports: list[CommandReport] = []
+        send: list[Command] = []
+        for command in commands:
+            problem = self.spec.check(command)
+            if problem is not None:
+                reports.append(CommandReport(command.command_id, CommandStatus.REJECTED, problem, retryable=False))
+            elif not self._healthy:
+                reports.append(CommandReport(command.command_id, CommandStatus.HELD, self._health_reason))
+            else:
+                send.append(command)
+        if reports:
+            self._report(reports)
+        if send:
+            self._run(tuple(send), resend=False)
+
+    def _run(self, commands: tuple[Command, ...], resend: bool) -> None:
+        me = self.actor_ref
+        fut = self._io.submit(_apply(self.link, commands, self.spec.ack_timeout_s, self._lock))
+        token = self._next_token = self._next_token + 1
+        self._in_flight[token] = fut
+        if not resend:
+            self._sent.update((c.command_id, c) for c in commands)
+
+        def done(f: "concurrent.futures.Future[Any]") -> None:  # runs on the I/O thread: only tells
+            if f.cancelled():
+                return
+            exc = f.exception()
+            results = f.result() if exc is None else tuple(
+                (c.command_id, DeviceResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}")) for c in commands)
+            try:
+                me.tell(DeviceDone(results, token, resend=resend))
+            except pykka.ActorDeadError:
+                pass
+        fut.add_done_callback(done)
+
+    def _device_done(self, message: DeviceDone) -> None:
+        self._in_flight.pop(message.token, None)
+        if message.resend:
+            for cid, result in message.results:
+                if result.outcome is not Outcome.COMPLETED:
+                    log.warning("%s: re-sending target %s after reconnect: %s %s", self.spec.asset_id, cid,
+                                result.outcome.value, result.reason or "")
+            return
+        reports: list[CommandReport] = []
+        for cid, result in message.results:
+            command = self._sent.pop(cid, None)
+            status = _OUTCOME_STATUS[result.outcome]
+            if status is CommandStatus.COMPLETED:
+                reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED))
+                if command is not None:
+                    self._remember_target(command)
+            elif status is CommandStatus.ACKNOWLEDGED and command is not None:
+                self._awaiting[cid] = command
+            elif status is CommandStatus.HELD:
+                self._set_link(False, result.reason or "device not connected")
+            reports.append(CommandReport(cid, status, result.reason, retryable=status is not CommandStatus.REJECTED))
+        self._report(reports)
+
+    def _remember_target(self, command: Command) -> None:
+        if command.command_type.is_setpoint:
+            self._targets[command.command_type] = command
+
+    def _device_report(self, event: DeviceEvent) -> None:
+        if isinstance(event, StatusReport):
+            self._follow_status(event)
+        elif isinstance(event, Telemetry):
+            self._telemetry(event)
+        elif isinstance(event, LinkUp):
+            self._publish(EventType.ASSET_CONNECTED, {"asset_id": self.spec.asset_id, "rebooted": event.rebooted,
+                                                      "reason": event.reason,
+                                                      "resent": [c.command_id for c in self._targets.values()]
+                                                      if event.rebooted else []})
+            self._set_link(True, event.reason)
+            if event.rebooted and self._targets:
+                self._run(tuple(self._targets.values()), resend=True)
+        elif isinstance(event, LinkDown):
+            self._publish(EventType.ASSET_DISCONNECTED, {"asset_id": self.spec.asset_id, "reason": event.reason})
+            self._set_link(False, event.reason)
+        elif isinstance(event, CommandProgress):
+            command = self._awaiting.pop(event.command_id, None)
+            status = _OUTCOME_STATUS[event.outcome]
+            if status is CommandStatus.COMPLETED and command is not None:
+                self._remember_target(command)
+            self._report([CommandReport(event.command_id, status, event.reason,
+                                        retryable=status is not CommandStatus.REJECTED)])
+        elif isinstance(event, CrashRequest):
+            raise AssetCrash(f"asset {self.spec.asset_id}: {event.reason}")
+        else:
+            log.warning("%s: ignoring unknown device report %r", self.spec.asset_id, event)
+
+    def _follow_status(self, event: StatusReport) -> None:
+        try:
+            target = self.sm.states[event.state]
+        except KeyError:
+            log.warning("asset %s: device reported unknown state %r (raw %r); ignored",
+                        self.spec.asset_id, event.state, event.raw)
+            return
+        path = self.sm.path_to(target)
+        if path is None:
+            log.warning("asset %s: no transition path from %s to %s; ignored", self.spec.asset_id,
+                        self.sm.state.name, target.name)
+            return
+        for trigger in path:
+            self.sm.trigger(trigger)
+
+    def _telemetry(self, event: Telemetry) -> None:
+        values = {k: float(v) for k, v in event.values.items()}
+        self._publish(EventType.TELEMETRY, {"asset_id": self.spec.asset_id, **values})
+        power = values.get("power_kw")
+        if self.spec.kind != "battery" or power is None:
+            return
+        state = self.sm.state
+        if state not in (BatteryState.IDLE, BatteryState.CHARGING, BatteryState.DISCHARGING):
+            return
+        wanted = (BatteryState.CHARGING if power > POWER_DEADBAND_KW else
+                  BatteryState.DISCHARGING if power < -POWER_DEADBAND_KW else BatteryState.IDLE)
+        trigger = {BatteryState.CHARGING: "charge", BatteryState.DISCHARGING: "discharge",
+                   BatteryState.IDLE: "stop"}[wanted]
+        if wanted is not state:
+            self.sm.trigger(trigger)
+
+    # ---- health ---------------------------------------------------------------------------------
+    @property
+    def _healthy(self) -> bool:
+        return self._link_up and self.sm.state.name not in _UNHEALTHY_STATES
+
+    @property
+    def _health_reason(self) -> str:
+        if not self._link_up:
+            return f"asset {self.spec.asset_id}: device link is down"
+        return f"asset {self.spec.asset_id} is {self.sm.state.name}"
+
+    def _set_link(self, up: bool, reason: str) -> None:
+        self._link_up = up
+        self._report_health(reason)
+
+    def _report_health(self, reason: str = "") -> None:
+        healthy = self._healthy
+        if healthy != self._healthy_reported:
+            self._healthy_reported = healthy
+            self._dispatcher.tell(AssetHealth(self.spec.asset_id, healthy, self.sm.state.name,
+                                              reason if not healthy else ""))
+
+    def _on_state_change(self, before: Any, after: Any, trigger: str) -> None:
+        self._publish(EventType.STATE_CHANGED, {"asset_id": self.spec.asset_id, "from_state": before.name,
+                                                "to_state": after.name, "trigger": trigger})
+        self._report_health(self._health_reason)
+
+    # ---- outbound ------------------------------------------------------------------------------
+    def _report(self, reports: list[CommandReport]) -> None:
+        try:
+            self._dispatcher.tell(CommandReports(self.spec.asset_id, tuple(reports)))
+        except pykka.ActorDeadError:
+            log.warning("%s: dispatcher is gone; %d reports dropped", self.spec.asset_id, len(reports))
+
+    def _publish(self, event_type: EventType, payload: dict[str, Any]) -> None:
+        try:
+            self._events.tell(Publish((Event(event_type, self._clock.now(), payload),)))
+        except pykka.ActorDeadError:
+            pass

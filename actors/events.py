@@ -1,0 +1,99 @@
+"""EventActor: broadcasts lifecycle events to subscribers, in order, and journals them.
+
+Each subscriber gets its own :class:`SubscriberActor` (its own thread and inbox). The event actor only
+hands events over, so a slow subscriber delays nobody but itself and a raising one is logged and
+keeps receiving. Every subscriber sees events in the order the event actor received them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import pykka
+
+from runtime.events import Event, EventType
+
+from .messages import Deliver, Ping, Pong, Publish, Subscribe, Unsubscribe
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EventActor", "SubscriberActor"]
+
+
+class SubscriberActor(pykka.ThreadingActor):
+    """Calls one subscriber function for every event it is given."""
+
+    def __init__(self, fn: Callable[[Event], Any]) -> None:
+        super().__init__()
+        self._fn = fn
+        self._handled = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Deliver):
+            for event in message.events:
+                try:
+                    self._fn(event)
+                except Exception:
+                    log.exception("event subscriber %r raised on %s", self._fn, event.type.value)
+            self._handled += 1
+            return None
+        if isinstance(message, Ping):
+            return Pong(self._handled)
+        raise TypeError(f"SubscriberActor: unexpected message {message!r}")
+
+
+class EventActor(pykka.ThreadingActor):
+    """Owns the subscription list and (optionally) the event journal."""
+
+    def __init__(self, journal: Any | None = None) -> None:
+        super().__init__()
+        self._journal = journal
+        self._subs: dict[int, tuple[EventType | None, pykka.ActorRef[Any]]] = {}
+        self._next_id = 1
+        self._handled = 0
+        self.published = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Publish):
+            self._publish(message.events)
+            self._handled += 1
+            return None
+        if isinstance(message, Subscribe):
+            sid = self._next_id
+            self._next_id += 1
+            self._subs[sid] = (message.event_type, SubscriberActor.start(message.fn))
+            return sid
+        if isinstance(message, Unsubscribe):
+            entry = self._subs.pop(message.subscription_id, None)
+            if entry is not None:
+                entry[1].stop(block=False)
+            return entry is not None
+        if isinstance(message, Ping):
+            return Pong(self._handled, {"subscribers": [ref for _, ref in self._subs.values()]})
+        raise TypeError(f"EventActor: unexpected message {message!r}")
+
+    def _publish(self, events: tuple[Event, ...]) -> None:
+        if not events:
+            return
+        if self._journal is not None:
+            self._journal.append_many({"k": "ev", "e": e.to_record()} for e in events)
+            self._journal.sync()
+        self.published += len(events)
+        for event_type, ref in self._subs.values():
+            batch = events if event_type is None else tuple(e for e in events if e.type is event_type)
+            if batch:
+                try:
+                    ref.tell(Deliver(batch))
+                except pykka.ActorDeadError:
+                    log.warning("subscriber actor %s is gone; events dropped for it", ref)
+
+    def on_stop(self) -> None:
+        for _, ref in self._subs.values():
+            try:
+                ref.stop(block=True, timeout=5)
+            except pykka.Timeout:
+                log.error("subscriber actor %s did not stop within 5 s (a subscriber that never returns)", ref)
+        self._subs.clear()
+        if self._journal is not None:
+            self._journal.close()

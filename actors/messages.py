@@ -1,0 +1,199 @@
+"""Every message the actors exchange. All are frozen dataclasses: safe to share between threads.
+
+Follow a command through the folders by its messages:
+``SubmitCommands``/``SubmitBatch`` (Site -> dispatcher) -> ``Execute`` (dispatcher -> asset actor) ->
+``DeviceDone`` (I/O loop -> asset actor) -> ``CommandReports`` (asset actor -> dispatcher).
+The supervisor tells the dispatcher ``AssetUp``/``AssetDown``; everybody tells the event actor ``Publish``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runtime.commands import Command, CommandStatus
+from runtime.events import Event, EventType
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pykka
+
+    from protocols.base import DeviceEvent, DeviceResult
+    from runtime.batch import CommandBatch
+
+__all__ = [
+    "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",
+    "AssetDown", "AssetHealth", "GetCommand", "GetCounts", "Publish", "Subscribe", "Unsubscribe", "Deliver",
+    "Ping", "Pong", "DeviceDone", "DeviceReport", "Crashed", "Restart", "GetAssetState", "GetStatus",
+    "ListCommands", "GetAssetRef",
+]
+
+
+# ---- Site / dispatcher ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SubmitCommands:
+    """Accept commands (ask: returns the tuple of ids that were new; known ids are ignored)."""
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitBatch:
+    """Accept a schedule batch (ask). ``replace`` supersedes the assets' pending commands from its start."""
+    batch: "CommandBatch"
+    replace: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A clock timer fired: sweep and dispatch what is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetCommand:
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListCommands:
+    status: CommandStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetCounts:
+    """Counts per status (ask)."""
+
+
+# ---- dispatcher <-> asset actor ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Apply these commands, in order (dispatcher -> asset actor)."""
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReport:
+    """What became of one command at the asset: ``status`` is ACKNOWLEDGED, COMPLETED, FAILED,
+    TIMED_OUT, REJECTED or HELD (device not reachable / asset not healthy)."""
+    command_id: str
+    status: CommandStatus
+    reason: str | None = None
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReports:
+    asset_id: str
+    reports: tuple[CommandReport, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AssetHealth:
+    """The asset's state changed: ``healthy`` False holds its commands (FAULTED/UNAVAILABLE/link down)."""
+    asset_id: str
+    healthy: bool
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetAssetState:
+    """Ask an asset actor for its state machine's state name."""
+
+
+# ---- supervisor ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AssetUp:
+    """An asset actor (re)started: ``ref`` is where its commands go now."""
+    asset_id: str
+    ref: "pykka.ActorRef[Any]"
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AssetDown:
+    """An asset actor died. ``permanent``: the supervisor gave up; the asset is UNAVAILABLE."""
+    asset_id: str
+    reason: str
+    permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Crashed:
+    """Sent by a dying asset actor (from ``on_failure``) to its supervisor."""
+    asset_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """Backoff timer fired: restart this asset actor."""
+    asset_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetAssetRef:
+    """Ask the supervisor for an asset actor's current ref (None while it is down)."""
+    asset_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Ask the supervisor for {asset_id: "running" | "restarting" | "unavailable"}."""
+
+
+# ---- device I/O (I/O loop -> asset actor) --------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeviceDone:
+    """A device coroutine finished: results for the commands of one Execute, in order.
+    ``resend``: these were completed targets re-applied after a reboot/reconnect, not new commands."""
+    results: tuple[tuple[str, "DeviceResult"], ...]
+    token: int
+    resend: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceReport:
+    """Something the device said on its own (see protocols.base.DeviceEvent)."""
+    event: "DeviceEvent"
+
+
+# ---- events ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Broadcast these events, in order."""
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Register a subscriber (ask: returns a subscription id). ``event_type`` None = every type."""
+    event_type: EventType | None
+    fn: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Event actor -> one subscriber's delivery actor."""
+    events: tuple[Event, ...]
+
+
+# ---- settling (tests and scenarios) ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Ask any runtime actor how many messages it has handled (used to detect quiescence)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    handled: int
+    detail: dict[str, Any] = field(default_factory=dict)

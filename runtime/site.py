@@ -1,0 +1,409 @@
+"""Site: the running runtime for one site, composed of actors, one I/O loop, a clock and a journal.
+
+Typical use::
+
+    with Site([ChargerSpec("ev1", max_kw=22), BatterySpec("bat1")], clock=VirtualClock()) as site:
+        batch = site.submit_schedule(df, asset_map={"ev_001": "ev1", "battery": "bat1"})
+        site.advance(300)                 # virtual clock only: move time, let the actors settle
+        print(site.command(batch.command_id(0)).status)
+
+What ``start()`` builds (and ``stop()`` takes down in reverse, waiting for every thread and task):
+the I/O thread with any protocol services (the OCPP central system when a charger uses OCPP), the
+event actor, the dispatcher (its command table restored from the journal, if there is one), and the
+supervisor, which starts one asset actor per asset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time as _time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import pandas as pd
+import pykka
+
+from actors.dispatcher import DispatcherActor
+from actors.events import EventActor
+from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, ListCommands, Ping,
+                             SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
+from actors.supervisor import RestartPolicy, SupervisorActor
+from protocols.base import DeviceLink
+from protocols.memory import InMemoryDevice
+
+from .assets import AssetSpec
+from .batch import CommandBatch
+from .clock import Clock, RealClock, VirtualClock
+from .command_table import CommandTable
+from .commands import FINAL_STATUSES, Command, CommandStatus
+from .events import Event, EventType
+from .iothread import IOThread
+from .journal import Journal
+from .recovery import recover
+from .retry import RetryPolicy
+from .schedule import schedule_to_commands
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Site", "SiteEvents", "UnknownAsset", "SiteNotRunning", "RestartPolicy"]
+
+#: How long a Site call waits for an actor's answer before giving up (seconds, real time).
+ASK_TIMEOUT_S = 30.0
+
+
+class UnknownAsset(KeyError):
+    """A command or schedule names an asset the site does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SiteNotRunning(RuntimeError):
+    """The site has not been started, or has been stopped."""
+
+
+class SiteEvents:
+    """Subscribe to a running site's lifecycle events.
+
+    Subscribers run in their own actor thread: a slow one delays only itself, a raising one is
+    logged and keeps receiving. Each subscriber sees events in the order they were published.
+    """
+
+    def __init__(self, site: "Site") -> None:
+        self._site = site
+
+    def subscribe(self, event_type: EventType | None, fn: Callable[[Event], Any]) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event of ``event_type`` (None: every event). Returns an
+        unsubscribe function."""
+        if event_type is not None and not isinstance(event_type, EventType):
+            raise TypeError(f"event_type: must be an EventType or None, got {event_type!r}")
+        ref = self._site._require("events")
+        sid = ref.ask(Subscribe(event_type, fn), timeout=ASK_TIMEOUT_S)
+
+        def unsubscribe() -> None:
+            try:
+                ref.ask(Unsubscribe(sid), timeout=ASK_TIMEOUT_S)
+            except pykka.ActorDeadError:
+                pass
+        return unsubscribe
+
+
+class Site:
+    """One site: its assets, actors, I/O loop, clock and journal.
+
+    Parameters
+    ----------
+    assets:
+        The site's assets (:func:`~runtime.assets.ChargerSpec`, :func:`~runtime.assets.BatterySpec`).
+        An asset with ``device=None`` gets an in-memory simulated device (see :meth:`device`).
+    clock:
+        Defaults to :class:`~runtime.clock.RealClock`. With a :class:`~runtime.clock.VirtualClock`,
+        time moves only through :meth:`advance`.
+    journal_dir:
+        Directory for ``commands.jnl`` and ``events.jnl``. A site started on an existing journal
+        recovers every command that was not final. None: no journal (nothing survives a restart).
+    fsync:
+        Journal durability: "always" (fsync per write), "batch" (fsync once per dispatcher step,
+        default), "never".
+    retry, ack_timeout_s, completion_timeout_s:
+        Dispatcher policy: retries with exponential backoff; time (site clock) for a device to answer a
+        dispatched command, and for an acknowledged command to complete.
+    restart_policy:
+        Supervisor restart intensity for crashed asset actors.
+    ocpp:
+        Keyword arguments for the OCPP :class:`~protocols.ocpp.central_system.CentralSystem` (host,
+        port, allow_ids, basic_auth, ...). It is started when given, or when any asset uses an OCPP link.
+    """
+
+    def __init__(self, assets: Iterable[AssetSpec], *, clock: Clock | None = None,
+                 journal_dir: str | os.PathLike[str] | None = None, fsync: str = "batch",
+                 retry: RetryPolicy | None = None, ack_timeout_s: float = 10.0,
+                 completion_timeout_s: float = 60.0, restart_policy: RestartPolicy | None = None,
+                 ocpp: Mapping[str, Any] | None = None) -> None:
+        specs = list(assets)
+        seen: set[str] = set()
+        for spec in specs:
+            if not isinstance(spec, AssetSpec):
+                raise TypeError(f"assets: expected AssetSpec, got {spec!r}")
+            if spec.asset_id in seen:
+                raise ValueError(f"assets: duplicate asset_id {spec.asset_id!r}")
+            seen.add(spec.asset_id)
+        if fsync not in ("always", "batch", "never"):
+            raise ValueError(f"fsync: must be 'always', 'batch' or 'never', got {fsync!r}")
+        self._specs = {s.asset_id: s for s in specs}
+        self._links: dict[str, DeviceLink] = {s.asset_id: s.device or InMemoryDevice(s.asset_id) for s in specs}
+        self._owns_clock = clock is None
+        self.clock: Clock = clock or RealClock()
+        self._journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self._fsync = fsync
+        self._retry = retry or RetryPolicy()
+        self._ack_timeout_s = ack_timeout_s
+        self._completion_timeout_s = completion_timeout_s
+        self._restart_policy = restart_policy or RestartPolicy()
+        self._ocpp_config = dict(ocpp) if ocpp is not None else None
+        self._io: IOThread | None = None
+        self._services: dict[str, Any] = {}
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._lock = threading.Lock()
+        self.recovered: int = 0
+        self.events = SiteEvents(self)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "Site":
+        """Start the I/O loop, services and actors. Returns self."""
+        with self._lock:
+            if self._refs:
+                raise RuntimeError("site already started")
+            try:
+                self._start()
+            except BaseException:
+                self._stop()
+                raise
+        return self
+
+    def _start(self) -> None:
+        self._io = IOThread().start()
+        self._start_services()
+        event_journal = cmd_journal = None
+        if self._journal_dir is not None:
+            self._journal_dir.mkdir(parents=True, exist_ok=True)
+            event_journal = Journal(self._journal_dir / "events.jnl", fsync=self._fsync)
+        self._refs["events"] = EventActor.start(event_journal)
+        table = CommandTable(retry=self._retry, ack_timeout_s=self._ack_timeout_s,
+                             completion_timeout_s=self._completion_timeout_s)
+        if self._journal_dir is not None:
+            self._restore(table, self._journal_dir / "commands.jnl")
+            cmd_journal = Journal(self._journal_dir / "commands.jnl", fsync=self._fsync)
+        self._refs["dispatcher"] = DispatcherActor.start(table, clock=self.clock, events=self._refs["events"],
+                                                         journal=cmd_journal)
+        self._refs["supervisor"] = SupervisorActor.start(
+            list(self._specs.values()), self._links, io=self._io, clock=self.clock,
+            dispatcher=self._refs["dispatcher"], events=self._refs["events"], policy=self._restart_policy,
+            services=self._services)
+        if isinstance(self.clock, VirtualClock):
+            self.clock.on_fire = self.settle
+            self.settle()
+
+    def _start_services(self) -> None:
+        needed = {name for link in self._links.values() for name in link.required_services}
+        if self._ocpp_config is None and "ocpp" not in needed:
+            return
+        from protocols.ocpp.central_system import CentralSystem  # only sites with OCPP chargers need it
+        assert self._io is not None
+        central = CentralSystem(**(self._ocpp_config or {}))
+        self._io.call(central.start(), timeout=10)
+        self._services["ocpp"] = central
+
+    def _restore(self, table: CommandTable, path: Path) -> None:
+        state = recover(path)
+        now = self.clock.time()
+        for batch in state.batches:  # in journal order; a replacement supersedes only earlier batches
+            for sup in state.batch_supersessions:
+                if sup["id"] == batch.batch_id:
+                    table.supersede_future(sup["assets"], sup["from"], sup["at"])
+            table.add_batch(batch, now)
+        table.restore(state.commands.values(), now)
+        counts = table.counts()
+        self.recovered = sum(n for status, n in counts.items() if not CommandStatus(status).is_final)
+        if state.records:
+            log.info("journal %s: %d records, %d batches, %d commands restored (%d not final)", path,
+                     state.records, len(state.batches), len(state.commands), self.recovered)
+
+    def stop(self) -> None:
+        """Stop every actor, service, task and thread; returns when all are gone (bounded waits)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if isinstance(self.clock, VirtualClock):
+            self.clock.on_fire = None
+        for name in ("supervisor", "dispatcher", "events"):
+            ref = self._refs.pop(name, None)
+            if ref is not None:
+                try:
+                    ref.stop(block=True, timeout=30)
+                except (pykka.Timeout, pykka.ActorDeadError):
+                    log.error("%s actor did not stop cleanly", name)
+        self._refs.clear()
+        if self._io is not None:
+            central = self._services.pop("ocpp", None)
+            if central is not None and self._io.running:
+                try:
+                    self._io.call(central.stop(), timeout=10)
+                except Exception:
+                    log.exception("stopping the OCPP central system failed")
+            self._io.stop()
+            self._io = None
+        if self._owns_clock:
+            self.clock.stop()
+
+    def __enter__(self) -> "Site":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._refs)
+
+    def _require(self, name: str) -> pykka.ActorRef[Any]:
+        ref = self._refs.get(name)
+        if ref is None:
+            raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
+        return ref
+
+    # ---- commands -------------------------------------------------------------------------------
+    def _check_assets(self, asset_ids: Iterable[str], what: str) -> None:
+        unknown = sorted(set(asset_ids) - self._specs.keys())
+        if unknown:
+            raise UnknownAsset(f"{what}: unknown asset(s) {', '.join(map(repr, unknown))}; this site has "
+                               f"{', '.join(map(repr, sorted(self._specs)))} (map schedule ids with asset_map=)")
+
+    def submit(self, command: Command) -> Command:
+        """Accept one command (idempotent by command_id: a known id is not applied again).
+        Returns the command's current snapshot. Unknown asset -> :class:`UnknownAsset`."""
+        self.submit_many([command])
+        snapshot = self.command(command.command_id)
+        assert snapshot is not None
+        return snapshot
+
+    def submit_many(self, commands: Iterable[Command]) -> tuple[str, ...]:
+        """Accept several commands in one journal write; returns the ids that were new."""
+        commands = tuple(commands)
+        for c in commands:
+            if not isinstance(c, Command):
+                raise TypeError(f"commands: expected Command, got {c!r}")
+            if c.status is not CommandStatus.PENDING:
+                raise ValueError(f"status: a submitted command must be PENDING, got {c.status.value} "
+                                 f"(command {c.command_id})")
+            self._check_assets([c.asset_id], f"command {c.command_id}")
+        return self._require("dispatcher").ask(SubmitCommands(commands), timeout=ASK_TIMEOUT_S)
+
+    def submit_schedule(self, schedule: pd.DataFrame, asset_map: Mapping[str, str] | None = None, *,
+                        replace: bool = True, priority: int = 0) -> CommandBatch:
+        """Turn a schedule DataFrame into commands (see :func:`~runtime.schedule.schedule_to_commands`)
+        and accept them as one batch. ``replace``: the batch's assets' pending commands from the
+        schedule's first timestamp on are SUPERSEDED by it."""
+        batch = schedule_to_commands(schedule, asset_map, created_at=self.clock.time(), priority=priority)
+        self._check_assets(batch.assets, "schedule")
+        self._require("dispatcher").ask(SubmitBatch(batch, replace=replace), timeout=ASK_TIMEOUT_S)
+        return batch
+
+    def command(self, command_id: str) -> Command | None:
+        """The current snapshot of a command, or None if the site does not know it."""
+        return self._require("dispatcher").ask(GetCommand(command_id), timeout=ASK_TIMEOUT_S)
+
+    def commands(self, status: CommandStatus | None = None) -> list[Command]:
+        """Commands the dispatcher holds as objects (schedule rows appear once they fall due)."""
+        return self._require("dispatcher").ask(ListCommands(status), timeout=ASK_TIMEOUT_S)
+
+    def counts(self) -> dict[str, int]:
+        """Number of commands per status."""
+        return self._require("dispatcher").ask(GetCounts(), timeout=ASK_TIMEOUT_S)
+
+    # ---- assets ---------------------------------------------------------------------------------
+    @property
+    def asset_ids(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def device(self, asset_id: str) -> DeviceLink:
+        """The device link of an asset (an :class:`InMemoryDevice` unless the spec gave one)."""
+        self._check_assets([asset_id], "device")
+        return self._links[asset_id]
+
+    def asset_state(self, asset_id: str) -> str:
+        """The asset's state-machine state name; "UNAVAILABLE" while its actor is down."""
+        self._check_assets([asset_id], "asset_state")
+        ref = self._require("supervisor").ask(GetAssetRef(asset_id), timeout=ASK_TIMEOUT_S)
+        if ref is None:
+            return "UNAVAILABLE"
+        try:
+            return ref.ask(GetAssetState(), timeout=ASK_TIMEOUT_S)
+        except pykka.ActorDeadError:
+            return "UNAVAILABLE"
+
+    def supervision(self) -> dict[str, str]:
+        """{asset_id: "running" | "restarting" | "unavailable"}."""
+        return self._require("supervisor").ask(GetStatus(), timeout=ASK_TIMEOUT_S)
+
+    def service(self, name: str) -> Any:
+        """A protocol service of the running site, e.g. ``site.service("ocpp")`` (the central system)."""
+        if name not in self._services:
+            raise KeyError(f"service {name!r} is not running on this site")
+        return self._services[name]
+
+    # ---- time -----------------------------------------------------------------------------------
+    def advance(self, seconds: float) -> None:
+        """Virtual clock only: move time forward, firing timers in order and letting the actors
+        settle after each one."""
+        if not isinstance(self.clock, VirtualClock):
+            raise TypeError("advance() needs a VirtualClock; this site runs on real time")
+        self._require("dispatcher")
+        self.settle()
+        self.clock.advance(seconds)
+        self.settle()
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait (at most ``timeout`` s of real time) until no actor has work left and the I/O loop has
+        run everything that was ready. Returns False on timeout. I/O that waits on a real device
+        (sockets) is not waited for: use :meth:`wait_for` for that."""
+        deadline = _time.monotonic() + timeout
+        last: int | None = None
+        while _time.monotonic() < deadline:
+            total = self._activity(max(0.1, deadline - _time.monotonic()))
+            if total is None:
+                return False
+            if total == last:
+                return True
+            last = total
+        return False
+
+    def _activity(self, timeout: float) -> int | None:
+        core = [self._refs.get(n) for n in ("dispatcher", "supervisor", "events")]
+        if any(r is None for r in core):
+            return None
+        try:
+            pongs = [r.ask(Ping(), timeout=timeout) for r in core if r is not None]
+            extra = pongs[1].detail.get("assets", []) + pongs[2].detail.get("subscribers", [])
+            futures = [r.ask(Ping(), block=False) for r in extra]
+            total = sum(p.handled for p in pongs)
+            for f in futures:
+                try:
+                    total += f.get(timeout=timeout).handled
+                except pykka.ActorDeadError:
+                    total += 1_000_000  # a crashed actor: the supervisor has work now
+            if self._io is not None:
+                self._io.barrier(timeout)
+            return total
+        except (pykka.Timeout, pykka.ActorDeadError, TimeoutError):
+            return None
+
+    def wait_for(self, command_id: str, statuses: Iterable[CommandStatus] = FINAL_STATUSES,
+                 timeout: float = 10.0) -> Command:
+        """Block (real time, at most ``timeout`` s) until the command reaches one of ``statuses``
+        (default: any final status); returns its snapshot. Raises TimeoutError naming the command and
+        its last status."""
+        wanted = frozenset(statuses)
+        reached = threading.Event()
+
+        def on_event(event: Event) -> None:
+            if event.payload.get("command_id") == command_id and CommandStatus(event.payload["status"]) in wanted:
+                reached.set()
+
+        unsubscribe = self.events.subscribe(None, on_event)
+        try:
+            snapshot = self.command(command_id)
+            if snapshot is not None and snapshot.status in wanted:
+                return snapshot
+            reached.wait(timeout)
+            snapshot = self.command(command_id)
+            if snapshot is None or snapshot.status not in wanted:
+                status = snapshot.status.value if snapshot else "unknown"
+                raise TimeoutError(f"command {command_id} did not reach {sorted(s.value for s in wanted)} "
+                                   f"within {timeout} s (status {status})")
+            return snapshot
+        finally:
+            unsubscribe()

@@ -1,0 +1,47 @@
+"""Shared fixtures: leak checks (threads and sockets) and a virtual-clock start time."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+T0 = datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc)
+
+
+def open_sockets() -> set[str]:
+    """Socket inodes this process holds open (Linux /proc)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def live_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves threads or sockets behind (checked after a short grace period)."""
+    threads, sockets = live_threads(), open_sockets()
+    yield
+    deadline = time.monotonic() + 3
+    while True:
+        extra_threads = live_threads() - threads
+        extra_sockets = open_sockets() - sockets
+        if not extra_threads and not extra_sockets:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # grace period for threads that are already exiting (not waiting on logic)
+    assert not extra_threads, f"leaked threads: {sorted(t.name for t in extra_threads)}"
+    assert not extra_sockets, f"leaked sockets: {extra_sockets}"

@@ -1,0 +1,280 @@
+"""The actor runtime behind Site, on a virtual clock with in-memory devices."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from actors.supervisor import RestartPolicy
+from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, EventType,
+                     RetryPolicy, Site, UnknownAsset, VirtualClock)
+from runtime.journal import Journal
+
+from .conftest import T0
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
+
+
+def _site(*assets, **kw) -> Site:
+    assets = assets or (ChargerSpec("ev-1", max_kw=22.0), BatterySpec("bat-1"))
+    return Site(list(assets), clock=VirtualClock(T0), **kw)
+
+
+def _cmd(cid: str, asset: str = "ev-1", value: float = 7.0, at_s: float = 0, ctype: T = T.SET_CHARGE_RATE,
+         **kw) -> Command:
+    return Command(cid, asset, ctype, value, T0 + timedelta(seconds=at_s), **kw)
+
+
+def _events(site: Site, kinds=None) -> list:
+    got: list = []
+    site.events.subscribe(kinds, got.append)
+    return got
+
+
+def test_a_schedule_is_dispatched_when_due_and_completed_on_the_device():
+    with _site() as site:
+        df = pd.DataFrame({"ev_1_kw": [7.0, 7.0, 11.0], "battery_charge_kw": [5.0, 0.0, 0.0],
+                           "battery_discharge_kw": [0.0, 3.0, 3.0]},
+                          index=pd.date_range(T0, periods=3, freq="5min"))
+        batch = site.submit_schedule(df, asset_map={"ev_1": "ev-1", "battery": "bat-1"})
+        site.settle()
+        first_due = [c.command_id for c in batch if c.scheduled_time == T0]
+        assert all(site.command(cid).status is S.COMPLETED for cid in first_due)
+        later = [c for c in batch if c.scheduled_time > T0]
+        assert all(site.command(c.command_id).status is S.PENDING for c in later)
+        site.advance(600)
+        assert all(site.command(c.command_id).status is S.COMPLETED for c in batch)
+        device = site.device("ev-1")
+        assert [a.value for a in device.applied] == [7.0, 11.0]
+
+
+def test_lifecycle_events_arrive_in_order_for_each_command():
+    with _site() as site:
+        events = _events(site)
+        site.submit(_cmd("c1"))
+        site.settle()
+        statuses = [e.payload["status"] for e in events if e.payload.get("command_id") == "c1"]
+        assert statuses == ["PENDING", "DISPATCHED", "ACKNOWLEDGED", "COMPLETED"]
+
+
+def test_same_command_id_twice_is_applied_once():
+    with _site() as site:
+        assert site.submit_many([_cmd("c1")]) == ("c1",)
+        assert site.submit_many([_cmd("c1", value=9.0)]) == ()
+        site.settle()
+        assert [a.command_id for a in site.device("ev-1").applied] == ["c1"]
+
+
+def test_value_outside_device_limits_is_rejected_with_the_reason_and_never_sent():
+    with _site() as site:
+        c = site.submit(_cmd("big", value=50.0))
+        site.settle()
+        c = site.command("big")
+        assert c.status is S.REJECTED and "exceeds the device limit 22.0 kW" in c.last_error
+        assert site.device("ev-1").applied == []
+
+
+def test_unknown_asset_is_refused_at_submission_naming_it():
+    with _site() as site:
+        with pytest.raises(UnknownAsset, match="'nope'"):
+            site.submit(_cmd("x", asset="nope"))
+        df = pd.DataFrame({"ev_9_kw": [1.0]}, index=pd.date_range(T0, periods=1, freq="5min"))
+        with pytest.raises(UnknownAsset, match="ev_9"):
+            site.submit_schedule(df)
+        assert site.counts().get("PENDING", 0) == 0
+
+
+def test_commands_for_a_faulted_asset_are_held_and_released_on_recovery():
+    with _site() as site:
+        site.device("ev-1").report_status("FAULTED")
+        site.settle()
+        assert site.asset_state("ev-1") == "FAULTED"
+        site.submit(_cmd("c1"))
+        site.settle()
+        assert site.command("c1").status is S.HELD
+        site.device("ev-1").report_status("AVAILABLE")
+        site.settle()
+        assert site.command("c1").status is S.COMPLETED
+
+
+def test_device_rejection_is_final_and_failure_is_retried_with_backoff():
+    retry = RetryPolicy(max_attempts=3, base_delay_s=10, factor=2, jitter=0)
+    with _site(retry=retry) as site:
+        site.device("ev-1").fail_next(2, "relay stuck")
+        site.submit(_cmd("c1"))
+        site.settle()
+        c = site.command("c1")
+        assert c.status is S.PENDING and c.attempts == 1 and "relay stuck" in c.last_error
+        site.advance(9.9)
+        assert site.command("c1").attempts == 1
+        site.advance(0.1)   # first retry after 10 s
+        assert site.command("c1").attempts == 2
+        site.advance(20)    # second retry after 20 s more
+        assert site.command("c1").status is S.COMPLETED and site.command("c1").attempts == 3
+        site.device("bat-1").reject("mode locked")
+        site.submit(_cmd("c2", asset="bat-1"))
+        site.settle()
+        assert site.command("c2").status is S.REJECTED and site.command("c2").last_error == "mode locked"
+
+
+def test_a_silent_device_times_out_and_attempts_are_bounded():
+    retry = RetryPolicy(max_attempts=2, base_delay_s=1, jitter=0)
+    with _site(retry=retry, ack_timeout_s=5) as site:
+        site.device("ev-1").set_silent(True)
+        site.submit(_cmd("c1"))
+        site.advance(5)
+        c = site.command("c1")
+        assert c.status is S.PENDING and c.attempts == 1 and "no acknowledgement after 5 s" in c.last_error
+        site.advance(1 + 5)
+        assert site.command("c1").status is S.TIMED_OUT and site.command("c1").attempts == 2
+
+
+def test_a_newer_setpoint_supersedes_a_held_one():
+    with _site() as site:
+        site.device("ev-1").set_connected(False)
+        site.submit(_cmd("old", value=5.0))
+        site.settle()
+        assert site.command("old").status is S.HELD
+        site.submit(_cmd("new", value=6.0, at_s=1))
+        site.advance(1)
+        assert site.command("old").status is S.SUPERSEDED
+        site.device("ev-1").set_connected(True)
+        site.settle()
+        assert site.command("new").status is S.COMPLETED
+        assert [a.command_id for a in site.device("ev-1").applied] == ["new"]
+
+
+def test_reboot_resends_the_last_completed_setpoint():
+    with _site() as site:
+        events = _events(site, EventType.ASSET_CONNECTED)
+        site.submit(_cmd("c1", value=8.0))
+        site.settle()
+        site.device("ev-1").reboot()
+        site.settle()
+        assert [a.command_id for a in site.device("ev-1").applied] == ["c1", "c1"]
+        assert site.device("ev-1").values() == {"SET_CHARGE_RATE": 8.0}
+        assert events[-1].payload["resent"] == ["c1"]
+
+
+def test_crashed_asset_actor_is_restarted_and_its_commands_are_held_meanwhile():
+    policy = RestartPolicy(max_restarts=3, window_s=60, base_backoff_s=2)
+    with _site(restart_policy=policy) as site:
+        events = _events(site, EventType.ASSET_RESTARTED)
+        site.device("ev-1").crash_actor()
+        site.settle()
+        assert site.supervision()["ev-1"] == "restarting"
+        site.submit(_cmd("c1"))
+        site.settle()
+        assert site.command("c1").status is S.HELD
+        site.advance(2)
+        assert site.supervision()["ev-1"] == "running"
+        assert site.command("c1").status is S.COMPLETED
+        assert [e.payload["restarts"] for e in events] == [1]
+
+
+def test_supervisor_gives_up_after_too_many_crashes_and_says_why():
+    policy = RestartPolicy(max_restarts=2, window_s=60, base_backoff_s=1)
+    with _site(restart_policy=policy) as site:
+        events = _events(site, EventType.ASSET_UNAVAILABLE)
+        for _ in range(3):
+            site.device("ev-1").crash_actor()
+            site.settle()
+            site.advance(5)
+        assert site.supervision()["ev-1"] == "unavailable"
+        assert site.asset_state("ev-1") == "UNAVAILABLE"
+        assert len(events) == 1 and "crashed 3 times" in events[0].payload["reason"]
+        site.submit(_cmd("c1"))
+        site.settle()
+        assert site.command("c1").status is S.HELD   # held, never dropped
+        assert site.command("c1") is not None
+
+
+def test_slow_or_raising_subscriber_does_not_block_others():
+    with _site() as site:
+        gate = threading.Event()
+        fast: list = []
+        site.events.subscribe(None, lambda e: gate.wait(5))
+        site.events.subscribe(None, lambda e: 1 / 0)
+        site.events.subscribe(EventType.COMMAND_COMPLETED, fast.append)
+        site.submit(_cmd("c1"))
+        done = site.wait_for("c1", timeout=5)
+        assert done.status is S.COMPLETED
+        site.settle(timeout=0.5)   # the slow subscriber keeps the site from settling; nothing else waits
+        gate.set()
+        assert site.settle()
+        assert [e.payload["command_id"] for e in fast] == ["c1"]
+
+
+def test_battery_state_follows_measured_power_sign():
+    with _site() as site:
+        dev = site.device("bat-1")
+        dev.report_telemetry(power_kw=12.0, soc_pct=40.0)
+        site.settle()
+        assert site.asset_state("bat-1") == "CHARGING"
+        dev.report_telemetry(power_kw=-3.0)
+        site.settle()
+        assert site.asset_state("bat-1") == "DISCHARGING"
+        dev.report_telemetry(power_kw=0.0)
+        site.settle()
+        assert site.asset_state("bat-1") == "IDLE"
+
+
+def test_unknown_device_state_is_ignored_without_corrupting_the_machine(caplog):
+    with _site() as site:
+        site.device("ev-1").report_status("DANCING", raw="Dancing")
+        site.settle()
+        assert site.asset_state("ev-1") == "AVAILABLE"
+        assert "unknown state 'DANCING'" in caplog.text
+        site.submit(_cmd("c1"))
+        site.settle()
+        assert site.command("c1").status is S.COMPLETED
+
+
+def test_journal_recovery_resumes_every_non_final_command_without_double_apply(tmp_path):
+    df = pd.DataFrame({"ev_1_kw": [7.0, 9.0, 11.0]}, index=pd.date_range(T0, periods=3, freq="5min"))
+    first = _site(journal_dir=tmp_path)
+    with first as site:
+        batch = site.submit_schedule(df, asset_map={"ev_1": "ev-1"})
+        site.device("bat-1").set_connected(False)
+        site.submit(_cmd("held", asset="bat-1", value=4.0))
+        site.settle()
+        assert site.command(batch.command_id(0)).status is S.COMPLETED
+        assert site.command("held").status is S.HELD
+    clock = VirtualClock(T0 + timedelta(seconds=1))
+    second = Site([ChargerSpec("ev-1", max_kw=22.0), BatterySpec("bat-1")], clock=clock, journal_dir=tmp_path)
+    with second as site:
+        assert second.recovered == 3   # two schedule rows not yet due + the held command
+        assert site.command(batch.command_id(0)).status is S.COMPLETED
+        assert site.submit_many([_cmd("held", asset="bat-1", value=4.0)]) == ()   # known id
+        site.settle()
+        assert site.command("held").status is S.COMPLETED
+        site.advance(600)
+        assert [site.command(c.command_id).status for c in batch] == [S.COMPLETED] * 3
+        assert [a.value for a in site.device("ev-1").applied] == [9.0, 11.0]   # 7.0 not applied again
+
+
+def test_torn_journal_tail_is_skipped_and_the_site_still_starts(tmp_path, caplog):
+    with _site(journal_dir=tmp_path) as site:
+        site.submit(_cmd("c1", at_s=60))
+    with open(tmp_path / "commands.jnl", "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x01\x02")   # a record header with no payload: a crash mid-write
+    with _site(journal_dir=tmp_path) as site:
+        assert site.command("c1").status is S.PENDING
+        site.advance(60)
+        assert site.command("c1").status is S.COMPLETED
+    assert "torn" in caplog.text.lower() or "truncat" in caplog.text.lower()
+    assert any(r["k"] == "cmd" for r in Journal.read(tmp_path / "commands.jnl"))
+
+
+def test_stop_leaves_no_actor_threads():
+    site = _site()
+    site.start()
+    site.submit(_cmd("c1"))
+    site.settle()
+    site.stop()
+    assert not site.running
+    import pykka
+    assert pykka.ActorRegistry.get_all() == []
