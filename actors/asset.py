@@ -29,7 +29,7 @@ from runtime.assets import AssetSpec
 from runtime.clock import Clock
 from runtime.commands import Command, CommandStatus, CommandType
 from runtime.events import Event, EventType
-from runtime.iothread import IOThread
+from runtime.iothread import IOOperation, IOThread
 from runtime.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
 
 from .messages import (AssetHealth, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport, Execute,
@@ -85,7 +85,7 @@ class AssetActor(pykka.ThreadingActor):
         self._dispatcher, self._events, self._supervisor = dispatcher, events, supervisor
         self._services = services or {}
         self._lock = asyncio.Lock()
-        self._in_flight: dict[int, concurrent.futures.Future[Any]] = {}  # token -> device coroutine
+        self._in_flight: dict[int, IOOperation] = {}  # token -> device coroutine on the I/O loop
         self._next_token = 0
         self._targets: dict[CommandType, Command] = {}
         self._sent: dict[str, Command] = {}          # sent to the device, no answer yet
@@ -170,23 +170,20 @@ class AssetActor(pykka.ThreadingActor):
 
     def _run(self, commands: tuple[Command, ...], resend: bool) -> None:
         me = self.actor_ref
-        fut = self._io.submit(_apply(self.link, commands, self.spec.ack_timeout_s, self._lock))
-        token = self._next_token = self._next_token + 1
-        self._in_flight[token] = fut
+        self._next_token += 1
+        token = self._next_token
         if not resend:
             self._sent.update((c.command_id, c) for c in commands)
 
-        def done(f: "concurrent.futures.Future[Any]") -> None:  # runs on the I/O thread: only tells
-            if f.cancelled():
-                return
-            exc = f.exception()
-            results = f.result() if exc is None else tuple(
-                (c.command_id, DeviceResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}")) for c in commands)
+        def done(results: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
+            if error is not None:
+                results = tuple((c.command_id, DeviceResult(Outcome.FAILED, f"{type(error).__name__}: {error}"))
+                                for c in commands)
             try:
                 me.tell(DeviceDone(results, token, resend=resend))
             except pykka.ActorDeadError:
                 pass
-        fut.add_done_callback(done)
+        self._in_flight[token] = self._io.post(_apply(self.link, commands, self.spec.ack_timeout_s, self._lock), done)
 
     def _device_done(self, message: DeviceDone) -> None:
         self._in_flight.pop(message.token, None)

@@ -2,9 +2,10 @@
 
 It is the only owner of the :class:`~runtime.command_table.CommandTable` and of the command journal.
 Each message is handled as one step: apply it to the table, sweep (expiry, supersession, holds,
-timeouts, retries), send every due command to its asset actor (one ``Execute`` per asset), journal
-every change (one write, synced before the step ends), publish one event per change, and set one
-clock timer for the table's next deadline.
+timeouts, retries) and send every due command to its asset actor (one ``Execute`` per asset). The
+steps of a burst are then committed together, like one Core Cycle: when the inbox is empty (or before
+a submission is answered) every change is journaled in one write and synced, one event per change
+is published in one message, and one clock timer is set for the table's next deadline.
 
 Availability of an asset combines two facts: its actor is alive (AssetUp/AssetDown from the
 supervisor) and it is healthy (AssetHealth from the asset actor). Commands for an asset that is not
@@ -14,7 +15,6 @@ both are HELD, and released when it is.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import pykka
@@ -34,17 +34,21 @@ __all__ = ["DispatcherActor", "change_event"]
 
 
 def change_event(change: Change, now: Any) -> Event | None:
-    """The lifecycle event for one table change (None for silent changes such as a release)."""
-    if change.event is None:
-        return None
+    """The lifecycle event for one table change. A HELD command released to PENDING is
+    COMMAND_RELEASED; other silent changes (in-flight commands re-queued by a journal restore) have none."""
     c = change.command
+    event_type = change.event
+    if event_type is None:
+        if change.previous is not CommandStatus.HELD or c.status is not CommandStatus.PENDING:
+            return None
+        event_type = EventType.COMMAND_RELEASED
     payload = {"command_id": c.command_id, "asset_id": c.asset_id, "command_type": c.command_type.value,
                "value": c.value, "status": c.status.value,
                "previous_status": change.previous.value if change.previous else None,
                "attempts": c.attempts, "error": c.last_error}
     if change.retry_at is not None:
         payload["retry_at"] = change.retry_at
-    return Event(change.event, now, payload)
+    return Event(event_type, now, payload)
 
 
 class DispatcherActor(pykka.ThreadingActor):
@@ -61,10 +65,16 @@ class DispatcherActor(pykka.ThreadingActor):
         self._healthy: dict[str, bool] = {}
         self._timer: TimerHandle | None = None
         self._handled = 0
+        # Changes and journal records not yet committed. A burst of messages (answers from many assets)
+        # is committed once, when the inbox is empty; a submission is committed before it is answered.
+        self._changes: list[Change] = []
+        self._records: list[dict[str, Any]] = []
+        self._outbox: dict[str, list[Command]] = {}  # asset -> commands marked DISPATCHED, not yet sent
 
     # ---- step --------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Ping):
+            self._flush_if_idle()
             return Pong(self._handled, {"counts": self._table.counts()})
         if isinstance(message, GetCommand):
             return self._table.get(message.command_id)
@@ -74,9 +84,9 @@ class DispatcherActor(pykka.ThreadingActor):
             return self._table.counts()
         self._handled += 1
         now = self._clock.time()
-        changes: list[Change] = []
-        records: list[dict[str, Any]] = []
+        changes, records = self._changes, self._records
         result: Any = None
+        pump = True
         if isinstance(message, SubmitCommands):
             created = self._table.add(message.commands, now)
             changes += created
@@ -84,8 +94,11 @@ class DispatcherActor(pykka.ThreadingActor):
         elif isinstance(message, SubmitBatch):
             result = self._submit_batch(message, now, changes, records)
         elif isinstance(message, CommandReports):
+            mark = len(changes)
             for report in message.reports:
                 changes += self._apply_report(report, now)
+            # answers make nothing due now, unless one put a command back to PENDING (a retry)
+            pump = any(ch.command.status is CommandStatus.PENDING for ch in changes[mark:])
         elif isinstance(message, AssetHealth):
             self._healthy[message.asset_id] = message.healthy
             changes += self._table.set_available(message.asset_id, self._available(message.asset_id), now)
@@ -99,10 +112,31 @@ class DispatcherActor(pykka.ThreadingActor):
             changes += self._table.set_available(message.asset_id, False, now)
         elif not isinstance(message, Tick):
             raise TypeError(f"DispatcherActor: unexpected message {message!r}")
-        changes += self._pump(now)
-        self._commit(changes, records, now)
-        self._arm_timer()
+        if pump:
+            changes += self._pump(now)
+        if isinstance(message, (SubmitCommands, SubmitBatch)):
+            self._flush()  # accepted means journaled: the caller's ask returns after the sync
+        else:
+            self._flush_if_idle()
         return result
+
+    def _flush_if_idle(self) -> None:
+        """Commit at the end of a burst: when no other message is waiting (the Core Cycle's end)."""
+        if self.actor_inbox.empty():
+            self._flush()
+
+    def _flush(self) -> None:
+        """Journal (one write + sync), publish (one message) and re-arm the timer for what the steps
+        since the last flush changed."""
+        if self._changes or self._records:
+            self._commit(self._changes, self._records)
+            self._changes, self._records = [], []
+        if self._outbox:
+            self._send()
+            if self._changes:  # commands held because their actor died meanwhile
+                self._commit(self._changes, [])
+                self._changes = []
+        self._arm_timer()
 
     def _available(self, asset_id: str) -> bool:
         return asset_id in self._refs and self._healthy.get(asset_id, True)
@@ -112,7 +146,8 @@ class DispatcherActor(pykka.ThreadingActor):
         batch: CommandBatch = message.batch
         if message.replace and len(batch):
             start = float(batch.times[0])
-            changes += self._table.supersede_future(batch.assets, start, now)
+            # rows that were never materialized are covered by the "bsup" record, not one record each
+            changes += self._table.supersede_future(batch.assets, start, now, row_changes=False)
             records.append({"k": "bsup", "id": batch.batch_id, "assets": list(batch.assets), "from": start,
                             "at": now})
         self._table.add_batch(batch, now)
@@ -143,30 +178,31 @@ class DispatcherActor(pykka.ThreadingActor):
         return t.fail(cid, report.reason or "device failure", now, retryable=report.retryable)
 
     def _pump(self, now: float) -> list[Change]:
-        """Sweep, then send every due command to its asset actor, one Execute per asset."""
+        """Sweep, then mark every due command DISPATCHED and queue it for its asset (one Execute per
+        asset). The Execute messages go out in :meth:`_flush`, after the journal has the change."""
         changes = self._table.sweep(now)
-        by_asset: dict[str, list[Command]] = defaultdict(list)
         for command in self._table.due(now):
-            by_asset[command.asset_id].append(command)
-        for asset_id, commands in by_asset.items():
-            ref = self._refs.get(asset_id)
-            if ref is None:  # due() only returns commands for available assets, which have a ref
-                continue
-            sent = []
-            for command in commands:
-                change = self._table.mark_dispatched(command.command_id, now)
-                changes.append(change)
-                sent.append(change.command)
-            try:
-                ref.tell(Execute(tuple(sent)))
-            except pykka.ActorDeadError:
-                self._refs.pop(asset_id, None)
-                changes += self._table.hold_in_flight(asset_id, f"asset actor {asset_id} is dead", now)
-                changes += self._table.set_available(asset_id, False, now)
+            change = self._table.mark_dispatched(command.command_id, now)
+            changes.append(change)
+            self._outbox.setdefault(command.asset_id, []).append(change.command)
         return changes
 
+    def _send(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        now = self._clock.time()
+        for asset_id, commands in outbox.items():
+            ref = self._refs.get(asset_id)
+            try:
+                if ref is None:
+                    raise pykka.ActorDeadError(asset_id)
+                ref.tell(Execute(tuple(commands)))
+            except pykka.ActorDeadError:  # died since due() saw it available: hold, resend on AssetUp
+                self._refs.pop(asset_id, None)
+                self._changes += self._table.hold_in_flight(asset_id, f"asset actor {asset_id} is not running", now)
+                self._changes += self._table.set_available(asset_id, False, now)
+
     # ---- journal, events, timer ------------------------------------------------------------------
-    def _commit(self, changes: list[Change], records: list[dict[str, Any]], now: float) -> None:
+    def _commit(self, changes: list[Change], records: list[dict[str, Any]]) -> None:
         if self._journal is not None and (changes or records):
             self._journal.append_many(records + [{"k": "cmd", "c": ch.command.to_record()} for ch in changes])
             self._journal.sync()
@@ -201,6 +237,7 @@ class DispatcherActor(pykka.ThreadingActor):
         self._timer = self._clock.call_at(deadline, fire)
 
     def on_stop(self) -> None:
+        self._flush()
         if self._timer is not None:
             self._timer.cancel()
         if self._journal is not None:

@@ -1,6 +1,6 @@
 """Commands: what the runtime asks a device to do, and the lifecycle every command goes through.
 
-A :class:`Command` is an immutable snapshot. A transition produces a new snapshot
+A :class:`Command` is an immutable snapshot (a typed named tuple: cheap to copy and to send). A transition produces a new snapshot
 (:meth:`Command.evolve`); the owner of the command table (the dispatcher) holds the current one.
 Values are in kW for rates and limits, percent for SET_SOC_TARGET.
 
@@ -14,13 +14,11 @@ Lifecycle::
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "Command", "CommandType", "CommandStatus", "FINAL_STATUSES", "ALLOWED_TRANSITIONS",
@@ -95,16 +93,7 @@ def new_command_id() -> str:
     return f"cmd-{_id_prefix}-{next(_id_counter)}"
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One command for one asset.
-
-    ``value`` is kW for rate/limit commands (always >= 0; direction is in the type), percent for
-    SET_SOC_TARGET, 1/0 (operative/inoperative) for CHANGE_AVAILABILITY, ignored by START/STOP.
-    ``scheduled_time`` is when it becomes due; ``expires_at`` (optional) is when it is no longer
-    worth applying. ``priority``: higher goes first among commands due at the same time.
-    """
-
+class _CommandFields(NamedTuple):
     command_id: str
     asset_id: str
     command_type: CommandType
@@ -118,24 +107,46 @@ class Command:
     last_error: str | None = None
     source: str = "api"
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.command_type, CommandType):
+
+class Command(_CommandFields):
+    """One command for one asset: an immutable snapshot (a typed named tuple).
+
+    ``value`` is kW for rate/limit commands (always >= 0; direction is in the type), percent for
+    SET_SOC_TARGET, 1/0 (operative/inoperative) for CHANGE_AVAILABILITY, ignored by START/STOP.
+    ``scheduled_time`` is when it becomes due; ``expires_at`` (optional) is when it is no longer
+    worth applying. ``priority``: higher goes first among commands due at the same time.
+    The constructor validates every field and names the one that is wrong.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, command_id: str, asset_id: str, command_type: CommandType | str, value: float,
+                scheduled_time: datetime, status: CommandStatus | str = CommandStatus.PENDING, attempts: int = 0,
+                priority: int = 0, expires_at: datetime | None = None, created_at: datetime | None = None,
+                last_error: str | None = None, source: str = "api") -> "Command":
+        if not command_id or not isinstance(command_id, str):
+            raise ValueError(f"command_id: must be a non-empty string, got {command_id!r}")
+        if not isinstance(command_type, CommandType):
             try:
-                object.__setattr__(self, "command_type", CommandType(self.command_type))
+                command_type = CommandType(command_type)
             except ValueError:
-                raise ValueError(f"command_type: unknown command type {self.command_type!r}") from None
-        if not isinstance(self.status, CommandStatus):
-            object.__setattr__(self, "status", CommandStatus(self.status))
-        if not self.command_id or not isinstance(self.command_id, str):
-            raise ValueError(f"command_id: must be a non-empty string, got {self.command_id!r}")
-        if not self.asset_id or not isinstance(self.asset_id, str):
-            raise ValueError(f"asset_id: must be a non-empty string, got {self.asset_id!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or self.value != self.value:
-            raise ValueError(f"value: must be a number, got {self.value!r} (command {self.command_id})")
-        for name in ("scheduled_time", "expires_at", "created_at"):
-            ts = getattr(self, name)
-            if ts is not None and (not isinstance(ts, datetime) or ts.tzinfo is None):
-                raise ValueError(f"{name}: must be a tz-aware datetime, got {ts!r} (command {self.command_id})")
+                raise ValueError(f"command_type: unknown command type {command_type!r} "
+                                 f"(command {command_id})") from None
+        if not isinstance(status, CommandStatus):
+            try:
+                status = CommandStatus(status)
+            except ValueError:
+                raise ValueError(f"status: unknown status {status!r} (command {command_id})") from None
+        if not asset_id or not isinstance(asset_id, str):
+            raise ValueError(f"asset_id: must be a non-empty string, got {asset_id!r} (command {command_id})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"value: must be a number, got {value!r} (command {command_id})")
+        for name, ts in (("scheduled_time", scheduled_time), ("expires_at", expires_at),
+                         ("created_at", created_at)):
+            if (ts is not None or name == "scheduled_time") and (not isinstance(ts, datetime) or ts.tzinfo is None):
+                raise ValueError(f"{name}: must be a tz-aware datetime, got {ts!r} (command {command_id})")
+        return tuple.__new__(cls, (command_id, asset_id, command_type, value, scheduled_time, status, attempts,
+                                   priority, expires_at, created_at, last_error, source))
 
     @property
     def channel(self) -> tuple[str, CommandType]:
@@ -147,14 +158,29 @@ class Command:
         return self.status in FINAL_STATUSES
 
     def evolve(self, status: CommandStatus | None = None, **changes: Any) -> "Command":
-        """A copy with ``status`` (checked against the lifecycle) and other fields changed."""
-        if status is not None and status != self.status:
+        """A copy with ``status`` (checked against the lifecycle) and other fields changed.
+
+        Only ``status``, ``attempts``, ``last_error``, ``priority``, ``expires_at`` and ``created_at`` may change: the
+        identity of a command (id, asset, type, value, time) never does. This is the dispatcher's hot
+        path, so it copies slots directly instead of re-running the constructor's validation.
+        """
+        if status is not None and status is not self.status:
             if status not in ALLOWED_TRANSITIONS[self.status]:
                 raise InvalidCommandTransition(
                     f"command {self.command_id} ({self.asset_id}): {self.status.value} -> {status.value} "
                     f"is not a legal transition")
             changes["status"] = status
-        return dataclasses.replace(self, **changes)
+        values = list(self)
+        for name, value in changes.items():
+            index = _EVOLVABLE.get(name)
+            if index is None:
+                raise ValueError(f"evolve: {name} cannot change (command {self.command_id})")
+            values[index] = value
+        return tuple.__new__(Command, values)
+
+    def __repr__(self) -> str:
+        return (f"Command({self.command_id!r}, {self.asset_id!r}, {self.command_type.value}, {self.value!r}, "
+                f"{self.scheduled_time.isoformat()}, {self.status.value}, attempts={self.attempts})")
 
     def to_record(self) -> dict[str, Any]:
         """A msgpack-friendly dict of this snapshot (epoch seconds for times)."""
@@ -178,3 +204,7 @@ class Command:
             created_at=to_datetime(rec["created"]) if rec.get("created") is not None else None,
             last_error=rec.get("err"), source=rec.get("src", "api"),
         )
+
+
+_EVOLVABLE = {name: _CommandFields._fields.index(name)
+              for name in ("status", "attempts", "last_error", "priority", "expires_at", "created_at")}

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .batch import CommandBatch
+from .clock import to_datetime
 from .command_table import Change, CommandTable
 from .commands import Command, CommandStatus, InvalidCommandTransition
 from .events import Event, EventBus, EventType
@@ -75,7 +76,7 @@ class DispatchEngine:
     def schedule_to_commands(self, schedule_df: Any, asset_map: Mapping[str, str] | None = None, *,
                              replace: bool = True, now: datetime | None = None, **kwargs: Any) -> CommandBatch:
         """Turn a schedule into commands (:func:`runtime.schedule.schedule_to_commands`, ``kwargs``
-        passed on) and store them as a lazy batch; returns the batch.
+        passed on; ``created_at`` defaults to ``now``) and store them as a lazy batch; returns the batch.
 
         Publishes SCHEDULE_RECEIVED (``batch_id, commands, assets`` (counts), ``start, end`` (epoch
         seconds, None when empty)). With ``replace`` (default), the new schedule replaces the old
@@ -85,28 +86,27 @@ class DispatchEngine:
         from .schedule import schedule_to_commands
 
         t = self._epoch(now, "now")
+        kwargs.setdefault("created_at", t)
         batch = schedule_to_commands(schedule_df, asset_map, **kwargs)
         n = len(batch)
         self.event_bus.emit(EventType.SCHEDULE_RECEIVED, {
             "batch_id": batch.batch_id, "commands": n, "assets": len(batch.assets),
             "start": float(batch.times[0]) if n else None, "end": float(batch.times[-1]) if n else None},
-            timestamp=self._stamp(t))
+            timestamp=to_datetime(t))
         if replace and n:
             self._publish(self.table.supersede_future(batch.assets, float(batch.times[0]), t), t)
         self.table.add_batch(batch, t)
         return batch
 
-    def submit(self, command: Command, now: datetime | None = None) -> Command:
+    def submit(self, command: Command, now: datetime | None = None) -> Command | None:
         """Add one PENDING command (COMMAND_CREATED); returns the table's snapshot of it.
 
-        The same id submitted again is ignored: the existing snapshot is returned, nothing published.
+        The same id submitted again is ignored: the existing snapshot is returned (None when it has
+        been pruned from the table), nothing is published.
         """
         t = self._epoch(now, "now")
         self._publish(self.table.add([command], t), t)
-        current = self.table.get(command.command_id)
-        if current is None:  # the id was known and its command has been pruned
-            raise KeyError(f"command {command.command_id!r} was already applied and pruned")
-        return current
+        return self.table.get(command.command_id)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -117,8 +117,9 @@ class DispatchEngine:
         return self.table.due(t)
 
     def dispatch_command(self, cmd: Command, adapter: Any = None, now: datetime | None = None) -> dict[str, Any] | None:
-        """Translate ``cmd`` with ``adapter`` (default: the registry's adapter of its asset) and mark it
-        DISPATCHED; returns the translated message for the caller to send.
+        """Translate the table's current snapshot of ``cmd`` with ``adapter`` (default: the registry's
+        adapter of its asset) and mark it DISPATCHED; returns the translated message for the caller
+        to send.
 
         COMMAND_DISPATCHED carries it as ``request``. If translation raises, the command is REJECTED
         with the error text (COMMAND_REJECTED) and None is returned. Raises
@@ -139,36 +140,39 @@ class DispatchEngine:
                                  f"(command {cmd.command_id})")
             adapter = self.adapter_registry.get(current.asset_id)
         try:
-            request = adapter.translate(current)
+            request: dict[str, Any] = adapter.translate(current)
         except Exception as exc:
-            self._publish(self.table.reject(current.command_id, f"{type(exc).__name__}: {exc}", t), t)
+            self._publish(self.table.reject(current.command_id, str(exc) or type(exc).__name__, t), t)
             return None
         self._publish([self.table.mark_dispatched(current.command_id, t)], t, request=request)
         return request
 
     # ------------------------------------------------------------------ answers
 
-    def acknowledge(self, command_id: str, now: datetime | None = None) -> Command:
-        """The device acknowledged: DISPATCHED -> ACKNOWLEDGED. Returns the current snapshot
-        (unchanged when the answer came late: superseded, final or not in flight)."""
-        t = self._epoch(now, "now")
-        return self._answer(command_id, self.table.acknowledge(command_id, t), t)
+    def acknowledge(self, command_id: str, now: datetime | None = None) -> Command | None:
+        """The device acknowledged: DISPATCHED -> ACKNOWLEDGED.
 
-    def complete(self, command_id: str, now: datetime | None = None) -> Command:
+        Like every answer method, returns the command's current snapshot (None once pruned); a late
+        answer (the command is superseded, final or not in flight) changes and publishes nothing.
+        """
+        t = self._epoch(now, "now")
+        return self._answer(self.table.acknowledge(command_id, t), command_id, t)
+
+    def complete(self, command_id: str, now: datetime | None = None) -> Command | None:
         """The device applied it: DISPATCHED/ACKNOWLEDGED -> COMPLETED. Returns the current snapshot."""
         t = self._epoch(now, "now")
-        return self._answer(command_id, self.table.complete(command_id, t), t)
+        return self._answer(self.table.complete(command_id, t), command_id, t)
 
-    def fail(self, command_id: str, error: str, now: datetime | None = None, retryable: bool = True) -> Command:
+    def fail(self, command_id: str, error: str, now: datetime | None = None, retryable: bool = True) -> Command | None:
         """The device failed it: retried with backoff while attempts are left (COMMAND_RETRY_SCHEDULED),
         else FAILED (see :meth:`CommandTable.fail`). Returns the current snapshot."""
         t = self._epoch(now, "now")
-        return self._answer(command_id, self.table.fail(command_id, error, t, retryable=retryable), t)
+        return self._answer(self.table.fail(command_id, error, t, retryable=retryable), command_id, t)
 
-    def reject(self, command_id: str, reason: str, now: datetime | None = None) -> Command:
+    def reject(self, command_id: str, reason: str, now: datetime | None = None) -> Command | None:
         """The command is invalid for the device: REJECTED (final). Returns the current snapshot."""
         t = self._epoch(now, "now")
-        return self._answer(command_id, self.table.reject(command_id, reason, t), t)
+        return self._answer(self.table.reject(command_id, reason, t), command_id, t)
 
     def check_timeouts(self, now: datetime) -> list[Command]:
         """Sweep the table at ``now`` (publishing every change) and return the commands that timed out
@@ -202,12 +206,9 @@ class DispatchEngine:
         if isinstance(asset_id, str) and to_state is not None:
             self.set_asset_available(asset_id, to_state not in _UNAVAILABLE_STATES)
 
-    def _answer(self, command_id: str, changes: list[Change], now: float) -> Command:
+    def _answer(self, changes: list[Change], command_id: str, now: float) -> Command | None:
         self._publish(changes, now)
-        current = self.table.get(command_id)
-        if current is None:
-            raise KeyError(f"command {command_id!r} has been pruned")
-        return current
+        return self.table.get(command_id)
 
     def _epoch(self, value: datetime | None, name: str) -> float:
         if value is None:
@@ -218,13 +219,9 @@ class DispatchEngine:
             raise ValueError(f"{name}: naive datetime {value!r}; give a timezone (e.g. UTC)")
         return value.timestamp()
 
-    @staticmethod
-    def _stamp(now: float) -> datetime:
-        return datetime.fromtimestamp(now, tz=timezone.utc)
-
     def _publish(self, changes: list[Change], now: float, **extra: Any) -> None:
         """One event per change, in order; changes without an event are not published."""
-        stamp = self._stamp(now)
+        stamp = to_datetime(now)
         for ch in changes:
             if ch.event is None:
                 continue

@@ -32,6 +32,7 @@ class EventType(str, Enum):
     COMMAND_SUPERSEDED = "COMMAND_SUPERSEDED"
     COMMAND_REJECTED = "COMMAND_REJECTED"
     COMMAND_HELD = "COMMAND_HELD"
+    COMMAND_RELEASED = "COMMAND_RELEASED"
     COMMAND_RETRY_SCHEDULED = "COMMAND_RETRY_SCHEDULED"
     STATE_CHANGED = "STATE_CHANGED"
     SCHEDULE_RECEIVED = "SCHEDULE_RECEIVED"
@@ -76,12 +77,13 @@ class EventBus:
     """Typed synchronous publish/subscribe.
 
     ``subscribe(EventType.X, fn)`` registers ``fn`` for one type; ``subscribe(None, fn)`` for all.
-    ``publish`` calls subscribers in subscription order in the publishing thread. A subscriber that
+    ``publish`` calls the matching subscribers (typed and catch-all alike) in subscription order, in
+    the publishing thread. A subscriber that
     raises is logged and the others still receive the event.
     """
 
     def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
-        self._subs: dict[EventType | None, list[Subscriber]] = {}
+        self._subs: list[tuple[EventType | None, Subscriber]] = []  # in subscription order
         self._lock = threading.Lock()
         self._now = clock or (lambda: datetime.now(timezone.utc))
 
@@ -90,7 +92,7 @@ class EventBus:
         if event_type is not None and not isinstance(event_type, EventType):
             raise TypeError(f"event_type must be an EventType or None, got {event_type!r}")
         with self._lock:
-            self._subs.setdefault(event_type, []).append(fn)
+            self._subs.append((event_type, fn))
 
         def unsubscribe() -> None:
             self.unsubscribe(event_type, fn)
@@ -99,9 +101,8 @@ class EventBus:
 
     def unsubscribe(self, event_type: EventType | None, fn: Subscriber) -> None:
         with self._lock:
-            subs = self._subs.get(event_type, [])
-            if fn in subs:
-                subs.remove(fn)
+            if (event_type, fn) in self._subs:
+                self._subs.remove((event_type, fn))
 
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None,
              timestamp: datetime | None = None) -> Event:
@@ -112,7 +113,7 @@ class EventBus:
 
     def publish(self, event: Event) -> None:
         with self._lock:
-            targets = list(self._subs.get(event.type, ())) + list(self._subs.get(None, ()))
+            targets = [fn for t, fn in self._subs if t is None or t is event.type]
         for fn in targets:
             try:
                 fn(event)

@@ -8,16 +8,51 @@ a timeout and is meant for the Site's own start and stop, never for actors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["IOThread"]
+__all__ = ["IOThread", "IOOperation"]
+
+
+class IOOperation:
+    """A coroutine posted with :meth:`IOThread.post`; :meth:`cancel` may be called from any thread."""
+
+    __slots__ = ("_io", "_task", "_cancelled")
+
+    def __init__(self, io: "IOThread") -> None:
+        self._io = io
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        loop = self._io._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._cancel_on_loop)
+            except RuntimeError:  # loop closed meanwhile
+                pass
+
+    def _cancel_on_loop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _report(task: "asyncio.Task[Any]", on_done: Callable[[Any, BaseException | None], None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    try:
+        on_done(None if error is not None else task.result(), error)
+    except Exception:
+        log.exception("I/O completion callback %r raised", on_done)
 
 
 class IOThread:
@@ -29,6 +64,11 @@ class IOThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        # Coroutines posted from other threads, started by the loop in one go: one wake-up per burst.
+        self._posted: collections.deque[tuple[Coroutine[Any, Any, Any], Callable[..., None], IOOperation]] = \
+            collections.deque()
+        self._post_lock = threading.Lock()
+        self._wakeup_pending = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -66,6 +106,33 @@ class IOThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
         """Schedule ``coro`` on the loop from any thread; returns a concurrent Future."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def post(self, coro: Coroutine[Any, Any, T],
+             on_done: Callable[[T | None, BaseException | None], None]) -> IOOperation:
+        """Run ``coro`` on the loop; ``on_done(result, error)`` is called on the I/O thread when it ends
+        (not when it is cancelled). Cheaper than :meth:`submit`: posts from many actors are started in
+        one loop wake-up. ``on_done`` must not block (it tells an actor)."""
+        op = IOOperation(self)
+        with self._post_lock:
+            self._posted.append((coro, on_done, op))
+            wake = not self._wakeup_pending
+            self._wakeup_pending = True
+        if wake:
+            self.loop.call_soon_threadsafe(self._start_posted)
+        return op
+
+    def _start_posted(self) -> None:
+        with self._post_lock:
+            posted, self._posted = self._posted, collections.deque()
+            self._wakeup_pending = False
+        loop = self.loop
+        for coro, on_done, op in posted:
+            if op._cancelled:
+                coro.close()
+                continue
+            task = loop.create_task(coro)
+            op._task = task
+            task.add_done_callback(lambda t, cb=on_done: _report(t, cb))
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
         """Run ``coro`` on the loop and wait for its result (at most ``timeout`` seconds).

@@ -279,7 +279,10 @@ class Site:
             if c.status is not CommandStatus.PENDING:
                 raise ValueError(f"status: a submitted command must be PENDING, got {c.status.value} "
                                  f"(command {c.command_id})")
-            self._check_assets([c.asset_id], f"command {c.command_id}")
+        unknown = {c.asset_id for c in commands} - self._specs.keys()
+        if unknown:
+            first = next(c for c in commands if c.asset_id in unknown)
+            self._check_assets(unknown, f"command {first.command_id}")
         return self._require("dispatcher").ask(SubmitCommands(commands), timeout=ASK_TIMEOUT_S)
 
     def submit_schedule(self, schedule: pd.DataFrame, asset_map: Mapping[str, str] | None = None, *,

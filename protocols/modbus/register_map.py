@@ -562,9 +562,9 @@ class SunSpecMap(BatteryRegisterMap):
 
     base_address: int
     control: str
-    revert_s: int
     models: tuple[int, ...]
     model_addresses: Mapping[int, int]
+    revert_s: int = 0
     discover: bool = True
     name: str = "sunspec"
 

@@ -1,0 +1,2 @@
+"""Device simulators (an OCPP charge point in :mod:`protocols.sim.chargepoint`), usable from tests,
+scenarios and the ``coordinator sim`` command."""

@@ -1,0 +1,139 @@
+"""``coordinator bench``: performance figures, printed (never asserted in the test suite).
+
+Parts (``--only NAME`` to run one):
+
+* ``schedule``   schedule_to_commands on 1,000 assets x 288 intervals vs a row-by-row reference
+                 implemented in :mod:`runtime.bench_schedule`, both timed in the same run.
+* ``throughput`` commands/s through dispatcher -> asset actor -> in-memory device -> ack -> COMPLETED,
+                 with the journal on (fsync "never", so that the figure measures the runtime, not the disk).
+* ``startup``    start-up time, stop time and RSS of a site with 2,000 asset actors.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, TextIO
+
+from .assets import ChargerSpec
+from .clock import VirtualClock
+from .commands import Command, CommandType
+from .events import Event, EventType
+from .site import Site
+
+TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "throughput_per_s": 20_000.0,
+           "startup_s": 5.0, "startup_rss_mb": 600.0}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover
+
+
+def bench_schedule(quick: bool = False) -> dict[str, Any]:
+    from .bench_schedule import run_schedule_bench
+    return run_schedule_bench(n_assets=200 if quick else 1000)
+
+
+def bench_throughput(n_assets: int = 1000, waves: int = 40, journal: bool = True) -> dict[str, Any]:
+    """``waves`` rounds of one new setpoint per asset: each wave is submitted as one batch of commands
+    and the next wave goes once every command of this one is COMPLETED (counted by a subscriber), so
+    no setpoint supersedes another. The clock is virtual: the figure is pure runtime cost."""
+    total = n_assets * waves
+    wave_done = threading.Event()
+    seen = [0]
+
+    def count(event: Event) -> None:
+        seen[0] += 1
+        if seen[0] % n_assets == 0:
+            wave_done.set()
+
+    clock = VirtualClock()
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Site([ChargerSpec(f"ev-{i}", max_kw=22.0) for i in range(n_assets)], clock=clock,
+                    journal_dir=tmp if journal else None, fsync="never")
+        with site:
+            site.events.subscribe(EventType.COMMAND_COMPLETED, count)
+            now = clock.now()
+            waves_cmds = [[Command(f"w{w}-{i}", f"ev-{i}", CommandType.SET_CHARGE_RATE, float(1 + (w % 20)), now)
+                           for i in range(n_assets)] for w in range(waves)]
+            completed = True
+            t0 = time.perf_counter()
+            for cmds in waves_cmds:
+                wave_done.clear()
+                site.submit_many(cmds)
+                if not wave_done.wait(timeout=60):
+                    completed = False
+                    break
+            elapsed = time.perf_counter() - t0
+            counts = site.counts()
+    return {"assets": n_assets, "commands": total, "completed": seen[0], "all_completed": completed,
+            "seconds": round(elapsed, 3), "commands_per_s": round(seen[0] / elapsed), "journal": journal,
+            "superseded": counts.get("SUPERSEDED", 0)}
+
+
+def bench_startup(n_assets: int = 2000) -> dict[str, Any]:
+    gc.collect()
+    rss0 = _rss_mb()
+    site = Site([ChargerSpec(f"ev-{i}", max_kw=22.0) for i in range(n_assets)], clock=VirtualClock())
+    t0 = time.perf_counter()
+    site.start()
+    site.settle(timeout=60)
+    started = time.perf_counter() - t0
+    rss = _rss_mb()
+    threads = threading.active_count()
+    t1 = time.perf_counter()
+    site.stop()
+    stopped = time.perf_counter() - t1
+    return {"assets": n_assets, "start_s": round(started, 3), "stop_s": round(stopped, 3),
+            "rss_mb": round(rss, 1), "rss_growth_mb": round(rss - rss0, 1), "threads": threads}
+
+
+def _line(out: TextIO, name: str, figures: dict[str, Any], verdicts: list[tuple[str, bool]]) -> None:
+    shown = "  ".join(f"{k}={v}" for k, v in figures.items())
+    marks = "  ".join(f"[{'ok' if ok else 'MISS'}: {what}]" for what, ok in verdicts)
+    print(f"{name:<11} {shown}\n{'':<11} {marks}", file=out)
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+    """Run the benchmark parts and print figures with their targets. Returns 0 (figures, not a test)."""
+    parts: dict[str, Callable[[], None]] = {}
+
+    def schedule() -> None:
+        r = bench_schedule(quick)
+        _line(out, "schedule", r, [(f"ours <= {TARGETS['schedule_ms']:g} ms", r["ours_ms"] <= TARGETS["schedule_ms"]),
+                                   (f"speedup >= {TARGETS['schedule_speedup']:g}x",
+                                    r["speedup"] >= TARGETS["schedule_speedup"])])
+
+    def throughput() -> None:
+        r = bench_throughput(n_assets=200 if quick else 1000, waves=10 if quick else 40)
+        _line(out, "throughput", r, [(f">= {TARGETS['throughput_per_s']:g} commands/s",
+                                      r["commands_per_s"] >= TARGETS["throughput_per_s"]),
+                                     ("every command COMPLETED", r["all_completed"])])
+
+    def startup() -> None:
+        r = bench_startup(n_assets=200 if quick else 2000)
+        _line(out, "startup", r, [(f"start <= {TARGETS['startup_s']:g} s", r["start_s"] <= TARGETS["startup_s"]),
+                                  (f"rss <= {TARGETS['startup_rss_mb']:g} MB",
+                                   r["rss_mb"] <= TARGETS["startup_rss_mb"])])
+
+    parts.update(schedule=schedule, throughput=throughput, startup=startup)
+    try:
+        from .bench_fleet import run_fleet_bench_part
+        parts["fleet"] = lambda: run_fleet_bench_part(out, quick)
+    except ImportError:
+        pass
+    for name in only or list(parts):
+        if name not in parts:
+            print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)
+            return 2
+        parts[name]()
+        out.flush()
+    return 0
