@@ -77,8 +77,7 @@ class EventActor(pykka.ThreadingActor):
         if not events:
             return
         if self._journal is not None:
-            self._journal.append_many({"k": "ev", "e": e.to_record()} for e in events)
-            self._journal.sync()
+            self._journal_events(events)
         self.published += len(events)
         for event_type, ref in self._subs.values():
             batch = events if event_type is None else tuple(e for e in events if e.type is event_type)
@@ -87,6 +86,16 @@ class EventActor(pykka.ThreadingActor):
                     ref.tell(Deliver(batch))
                 except pykka.ActorDeadError:
                     log.warning("subscriber actor %s is gone; events dropped for it", ref)
+
+    def _journal_events(self, events: tuple[Event, ...]) -> None:
+        assert self._journal is not None
+        try:
+            self._journal.append_many({"k": "ev", "e": e.to_record()} for e in events)
+        except TypeError:  # a payload value the journal cannot hold: keep the event, as text
+            log.exception("event payload cannot be journaled as is; journaling its text instead")
+            self._journal.append_many({"k": "ev", "e": {**e.to_record(), "payload": repr(e.payload)}}
+                                      for e in events)
+        self._journal.sync()
 
     def on_stop(self) -> None:
         for _, ref in self._subs.values():

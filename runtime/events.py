@@ -52,22 +52,9 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
-        """A msgpack/JSON-friendly dict (used by the journal and the CLI)."""
-        return {"type": self.type.value, "ts": self.timestamp.timestamp(), "payload": _plain(self.payload)}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Enum):
-        return value.value if isinstance(value.value, (str, int)) else value.name
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if value is None or isinstance(value, (str, int, float, bool, bytes)):
-        return value
-    return str(value)
+        """A msgpack-friendly dict for the journal. The payload is passed as it is: the journal's
+        packer turns datetimes, enums and other objects into plain values (see runtime.journal)."""
+        return {"type": self.type.value, "ts": self.timestamp.timestamp(), "payload": self.payload}
 
 
 Subscriber = Callable[[Event], Any]

@@ -81,6 +81,8 @@ import re
 import struct
 import tempfile
 import zlib
+from datetime import datetime
+from enum import Enum
 from typing import Any, Iterable, Iterator, Literal
 
 import msgpack
@@ -157,8 +159,21 @@ def _pack_record(packer: msgpack.Packer, record: dict[str, Any]) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _plain(value: Any) -> Any:
+    """msgpack ``default`` hook for what msgpack cannot pack itself: datetimes as ISO strings, enums
+    by value (str/int enums are packed as their value already), tuples and sets as lists. Anything
+    else is refused with TypeError: a record must not silently change meaning on its way to disk."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"journal records cannot hold {type(value).__name__} values ({value!r})")
+
+
 def _new_packer() -> msgpack.Packer:
-    return msgpack.Packer(use_bin_type=True)
+    return msgpack.Packer(use_bin_type=True, default=_plain)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -107,8 +107,13 @@ def test_subscribe_refuses_a_non_event_type():
         EventBus().subscribe("COMMAND_CREATED", print)  # type: ignore[arg-type]
 
 
-def test_event_record_is_plain_data():
-    e = Event(EventType.STATE_CHANGED, T0, {"asset_id": "a", "when": T0, "kind": EventType.TELEMETRY})
-    rec = e.to_record()
-    assert rec == {"type": "STATE_CHANGED", "ts": T0.timestamp(),
-                   "payload": {"asset_id": "a", "when": T0.isoformat(), "kind": "TELEMETRY"}}
+def test_event_record_reads_back_from_the_journal_as_plain_data(tmp_path):
+    from runtime.journal import Journal
+    e = Event(EventType.STATE_CHANGED, T0, {"asset_id": "a", "when": T0, "kind": EventType.TELEMETRY,
+                                            "pair": ("x", 1)})
+    with Journal(tmp_path / "ev.jnl") as j:
+        j.append({"k": "ev", "e": e.to_record()})
+    [rec] = list(Journal.read(tmp_path / "ev.jnl"))
+    assert rec["e"] == {"type": "STATE_CHANGED", "ts": T0.timestamp(),
+                        "payload": {"asset_id": "a", "when": T0.isoformat(), "kind": "TELEMETRY",
+                                    "pair": ["x", 1]}}

@@ -24,7 +24,7 @@ from protocols.sim.chargepoint import ChargePointSim, fleet_ids, start_fleet
 from runtime.statemachine import EVChargerState
 
 VERSIONS = ["1.6", "2.0.1"]
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 
 
 # ---- harness (the same in test_ocpp_link.py) -------------------------------------------------------

@@ -25,7 +25,7 @@ from protocols.ocpp import CentralSystem, OcppChargerLink
 from runtime.clock import RealClock
 from runtime.commands import Command, CommandType
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 SCRIPT = INTEROP / "ocpp_rpc_cp.js"

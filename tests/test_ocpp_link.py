@@ -21,7 +21,7 @@ from runtime.clock import RealClock
 from runtime.commands import Command, CommandType
 
 VERSIONS = ["1.6", "2.0.1"]
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 _ids = itertools.count(1)
 
 

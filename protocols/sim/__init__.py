@@ -1,2 +1,2 @@
-"""Device simulators (an OCPP charge point in :mod:`protocols.sim.chargepoint`), usable from tests,
-scenarios and the ``coordinator sim`` command."""
+"""Device simulators usable from tests, scenarios and the ``coordinator sim`` command: OCPP charge points
+(:mod:`protocols.sim.chargepoint`) and Modbus TCP batteries (:mod:`protocols.sim.battery`)."""

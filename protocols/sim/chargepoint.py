@@ -1041,7 +1041,8 @@ def add_sim_ocpp_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--concurrency", type=int, default=50, help="simultaneous connection handshakes (default 50)")
     parser.add_argument("--no-validation", action="store_true", help="skip JSON-schema validation (faster)")
     parser.add_argument("--delay", type=float, default=0.0, help="answer every call after this many seconds")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default=None,
+                        help="logging level, e.g. INFO or WARNING (default: INFO, or what the caller configured)")
     return parser
 
 
@@ -1050,9 +1051,13 @@ def run_sim_ocpp(args: argparse.Namespace) -> int:
     if args.count < 1:
         print("sim ocpp: --count must be >= 1")
         return 2
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("protocols.sim.wire").setLevel(logging.WARNING)
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO) if args.log_level else None
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level or logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    elif level is not None:
+        root.setLevel(level)
+    logging.getLogger("protocols.sim.wire").setLevel(logging.WARNING)  # one line per OCPP frame otherwise
 
     async def go() -> int:
         loop = asyncio.get_running_loop()
