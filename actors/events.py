@@ -3,6 +3,11 @@
 Each subscriber gets its own :class:`SubscriberActor` (its own thread and inbox). The event actor only
 hands events over, so a slow subscriber delays nobody but itself and a raising one is logged and
 keeps receiving. Every subscriber sees events in the order the event actor received them.
+
+A burst of ``Publish`` messages is handled as one: when the inbox is empty, the events are journaled
+in one write and each subscriber gets one ``Deliver``. The event journal holds every event except
+command transitions (COMMAND_*): each of those is already in the command journal as the command's
+snapshot, written by the dispatcher before the event was published.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any, Callable
 
 import pykka
 
-from runtime.events import Event, EventType
+from runtime.events import COMMAND_EVENTS, Event, EventType
 
 from .messages import Deliver, Ping, Pong, Publish, Subscribe, Unsubscribe
 
@@ -52,14 +57,18 @@ class EventActor(pykka.ThreadingActor):
         self._subs: dict[int, tuple[EventType | None, pykka.ActorRef[Any]]] = {}
         self._next_id = 1
         self._handled = 0
+        self._pending: list[Event] = []  # published, not yet journaled and delivered (end of burst)
         self.published = 0
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Publish):
-            self._publish(message.events)
+            self._pending.extend(message.events)
             self._handled += 1
+            if self.actor_inbox.empty():  # end of a burst: journal once, one Deliver per subscriber
+                self._flush()
             return None
         if isinstance(message, Subscribe):
+            self._flush()  # a new subscriber sees only events published after it subscribed
             sid = self._next_id
             self._next_id += 1
             self._subs[sid] = (message.event_type, SubscriberActor.start(message.fn))
@@ -70,14 +79,16 @@ class EventActor(pykka.ThreadingActor):
                 entry[1].stop(block=False)
             return entry is not None
         if isinstance(message, Ping):
+            self._flush()
             return Pong(self._handled, {"subscribers": [ref for _, ref in self._subs.values()]})
         raise TypeError(f"EventActor: unexpected message {message!r}")
 
-    def _publish(self, events: tuple[Event, ...]) -> None:
-        if not events:
+    def _flush(self) -> None:
+        if not self._pending:
             return
+        events, self._pending = tuple(self._pending), []
         if self._journal is not None:
-            self._journal_events(events)
+            self._journal_events(tuple(e for e in events if e.type not in COMMAND_EVENTS))
         self.published += len(events)
         for event_type, ref in self._subs.values():
             batch = events if event_type is None else tuple(e for e in events if e.type is event_type)
@@ -89,6 +100,8 @@ class EventActor(pykka.ThreadingActor):
 
     def _journal_events(self, events: tuple[Event, ...]) -> None:
         assert self._journal is not None
+        if not events:
+            return
         try:
             self._journal.append_many({"k": "ev", "e": e.to_record()} for e in events)
         except TypeError:  # a payload value the journal cannot hold: keep the event, as text
@@ -98,6 +111,7 @@ class EventActor(pykka.ThreadingActor):
         self._journal.sync()
 
     def on_stop(self) -> None:
+        self._flush()
         for _, ref in self._subs.values():
             try:
                 ref.stop(block=True, timeout=5)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventType", "Event", "EventBus", "Subscriber"]
+__all__ = ["EventType", "Event", "EventBus", "Subscriber", "COMMAND_EVENTS"]
 
 
 class EventType(str, Enum):
@@ -41,6 +41,10 @@ class EventType(str, Enum):
     ASSET_DISCONNECTED = "ASSET_DISCONNECTED"
     ASSET_RESTARTED = "ASSET_RESTARTED"
     ASSET_UNAVAILABLE = "ASSET_UNAVAILABLE"
+
+
+#: The command lifecycle events (one per command transition).
+COMMAND_EVENTS = frozenset(t for t in EventType if t.name.startswith("COMMAND_"))
 
 
 @dataclass(frozen=True, slots=True)
