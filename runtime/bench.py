@@ -109,8 +109,9 @@ def _line(out: TextIO, name: str, figures: dict[str, Any], verdicts: list[tuple[
     print(f"{name:<11} {shown}\n{'':<11} {marks}", file=out)
 
 
-def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO = sys.stdout) -> int:
+def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run the benchmark parts and print figures with their targets. Returns 0 (figures, not a test)."""
+    out = out or sys.stdout
     parts: dict[str, Callable[[], None]] = {}
 
     def schedule() -> None:

@@ -1,6 +1,7 @@
 """The ``coordinator`` command.
 
     coordinator demo                      a simulated site dispatching a schedule (virtual clock)
+    coordinator scenario FILE [--json]    run a scenario file (TOML + CSV schedule) and report
     coordinator bench [--quick]           print performance figures (see runtime/bench.py)
     coordinator sim ocpp --count N --url ws://127.0.0.1:9000[/path]
     coordinator sim battery --port 5020 [--count N]
@@ -20,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     sub.add_parser("demo", help="run a simulated site dispatching a schedule, printing each command's lifecycle")
+    scenario = sub.add_parser("scenario", help="run a scenario file (simulated site, virtual clock) and report")
+    scenario.add_argument("path", help="scenario TOML file, e.g. scenarios/evening_peak.toml")
+    scenario.add_argument("--json", action="store_true", help="print the report as JSON")
     bench = sub.add_parser("bench", help="measure and print performance figures")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--only", action="append", default=None,
@@ -48,6 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "demo":
         from .demo import run_demo
         return run_demo()
+    if args.cmd == "scenario":
+        from .scenario import ScenarioError, load_scenario, run_scenario
+        try:
+            return run_scenario(load_scenario(args.path), as_json=args.json)
+        except ScenarioError as exc:
+            print(f"coordinator scenario: {exc}", file=sys.stderr)
+            return 2
     if args.cmd == "bench":
         from .bench import run_bench
         return run_bench(quick=args.quick, only=args.only)

@@ -47,8 +47,9 @@ def _printer(out: TextIO, start: float) -> Callable[[Event], None]:
     return show
 
 
-def run_demo(out: TextIO = sys.stdout) -> int:
+def run_demo(out: TextIO | None = None) -> int:
     """Run the demo; returns 0 when every command reached a final state."""
+    out = out or sys.stdout
     clock = VirtualClock(START)
     assets = [ChargerSpec("ev-1", max_kw=22.0), ChargerSpec("ev-2", max_kw=11.0),
               BatterySpec("bat-1", max_charge_kw=50.0, max_discharge_kw=50.0, capacity_kwh=100.0)]
