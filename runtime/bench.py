@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any, Callable, TextIO
 
+import pykka
+
 from .assets import BatterySpec, ChargerSpec
 from .clock import VirtualClock
 from .commands import Command, CommandType
@@ -86,6 +88,52 @@ def bench_throughput(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
             "commands_per_s": round(seen[0] / elapsed), "step_ms": round(1000 * elapsed / waves, 1)}
 
 
+class _Hub(pykka.ThreadingActor):
+    def __init__(self, leaves: int, done: threading.Event) -> None:
+        super().__init__()
+        self.leaves: list[pykka.ActorRef[Any]] = []
+        self._n, self._count, self._done = leaves, 0, done
+
+    def on_receive(self, message: Any) -> None:
+        if message == "fan-out":
+            for leaf in self.leaves:
+                leaf.tell("go")
+        else:
+            self._count += 1
+            if self._count % self._n == 0:
+                self._done.set()
+
+
+class _Leaf(pykka.ThreadingActor):
+    def __init__(self, hub: pykka.ActorRef[Any]) -> None:
+        super().__init__()
+        self._hub = hub
+
+    def on_receive(self, message: Any) -> None:
+        self._hub.tell("back")
+
+
+def bench_pykka_ceiling(n_actors: int = 1000, waves: int = 20) -> dict[str, Any]:
+    """The same fan-out/fan-in shape with empty actors: one hub tells ``n_actors`` leaves, each tells the
+    hub back. No work at all, so this is the ceiling that pykka threads on this machine allow."""
+    done = threading.Event()
+    hub = _Hub.start(n_actors, done)
+    leaves = [_Leaf.start(hub) for _ in range(n_actors)]
+    hub.proxy().leaves = leaves
+    try:
+        t0 = time.perf_counter()
+        for _ in range(waves):
+            done.clear()
+            hub.tell("fan-out")
+            done.wait(60)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for ref in [hub, *leaves]:
+            ref.stop(block=True, timeout=10)
+    return {"actors": n_actors, "round_trips_per_s": round(n_actors * waves / elapsed),
+            "fan_out_ms": round(1000 * elapsed / waves, 1)}
+
+
 def bench_startup(n_assets: int = 2000) -> dict[str, Any]:
     gc.collect()
     rss0 = _rss_mb()
@@ -121,6 +169,9 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
                                     r["speedup"] >= TARGETS["schedule_speedup"])])
 
     def throughput() -> None:
+        r = bench_pykka_ceiling(n_actors=200 if quick else 1000)
+        _line(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor design "
+                                   "with one thread per asset gets here", True)])
         for channels in (1, 4):
             r = bench_throughput(n_assets=200 if quick else 1000, waves=5 if quick else 20, channels=channels)
             _line(out, "throughput", r, [(f">= {TARGETS['throughput_per_s']:g} commands/s",
