@@ -90,6 +90,9 @@ class AssetActor(pykka.ThreadingActor):
         self._targets: dict[CommandType, Command] = {}
         self._sent: dict[str, Command] = {}          # sent to the device, no answer yet
         self._awaiting: dict[str, Command] = {}      # ACKNOWLEDGED, completion to come as CommandProgress
+        # A CommandProgress that overtook its command's DeviceDone (the link saw the completion right after
+        # the device's answer, before the I/O task's result reached this actor): applied after the answer.
+        self._early: dict[str, CommandProgress] = {}
         self._link_up = False
         self._healthy_reported: bool | None = None
         self._handled = 0
@@ -196,6 +199,7 @@ class AssetActor(pykka.ThreadingActor):
         reports: list[CommandReport] = []
         for cid, result in message.results:
             command = self._sent.pop(cid, None)
+            early = self._early.pop(cid, None)
             status = _OUTCOME_STATUS[result.outcome]
             if status is CommandStatus.COMPLETED:
                 reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED))
@@ -206,7 +210,16 @@ class AssetActor(pykka.ThreadingActor):
             elif status is CommandStatus.HELD:
                 self._set_link(False, result.reason or "device not connected")
             reports.append(CommandReport(cid, status, result.reason, retryable=status is not CommandStatus.REJECTED))
+            if early is not None and status is CommandStatus.ACKNOWLEDGED:
+                reports.append(self._progress(early))
         self._report(reports)
+
+    def _progress(self, event: CommandProgress) -> CommandReport:
+        command = self._awaiting.pop(event.command_id, None)
+        status = _OUTCOME_STATUS[event.outcome]
+        if status is CommandStatus.COMPLETED and command is not None:
+            self._remember_target(command)
+        return CommandReport(event.command_id, status, event.reason, retryable=status is not CommandStatus.REJECTED)
 
     def _remember_target(self, command: Command) -> None:
         if command.command_type.is_setpoint:
@@ -229,12 +242,10 @@ class AssetActor(pykka.ThreadingActor):
             self._publish(EventType.ASSET_DISCONNECTED, {"asset_id": self.spec.asset_id, "reason": event.reason})
             self._set_link(False, event.reason)
         elif isinstance(event, CommandProgress):
-            command = self._awaiting.pop(event.command_id, None)
-            status = _OUTCOME_STATUS[event.outcome]
-            if status is CommandStatus.COMPLETED and command is not None:
-                self._remember_target(command)
-            self._report([CommandReport(event.command_id, status, event.reason,
-                                        retryable=status is not CommandStatus.REJECTED)])
+            if event.command_id in self._sent:  # the device's answer to the command is still on its way
+                self._early[event.command_id] = event
+                return
+            self._report([self._progress(event)])
         elif isinstance(event, CrashRequest):
             raise AssetCrash(f"asset {self.spec.asset_id}: {event.reason}")
         else:

@@ -37,7 +37,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 
 from .batch import CommandBatch
 from .commands import Command

@@ -23,6 +23,8 @@ from runtime.commands import Command, CommandType, new_command_id
 
 from .conftest import T0
 
+from .asyncsupport import run as shared_run
+
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]
 
 CUSTOM = {
@@ -40,13 +42,7 @@ CUSTOM = {
 
 
 def run(test: Callable[[], Awaitable[None]], timeout: float = 15.0) -> None:
-    """Run ``test`` on a fresh loop; fail if it leaves tasks behind."""
-    async def main() -> None:
-        await asyncio.wait_for(test(), timeout)
-        await asyncio.sleep(0.01)
-        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not left, f"leaked tasks: {left}"
-    asyncio.run(main())
+    shared_run(test, timeout)
 
 
 def cmd(ct: str, value: float) -> Command:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -27,25 +27,7 @@ VERSIONS = ["1.6", "2.0.1"]
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 
 
-# ---- harness (the same in test_ocpp_link.py) -------------------------------------------------------
-
-def run(body: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
-    """Run ``body`` in a fresh loop; afterwards no task but the main one may be left."""
-    async def main() -> None:
-        await asyncio.wait_for(body(), timeout)
-        await asyncio.sleep(0)
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"leaked tasks: {leftover}"
-    asyncio.run(main())
-
-
-async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from .asyncsupport import run, settle  # noqa: E402  (shared harness)
 
 
 class Bench:

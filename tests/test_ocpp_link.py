@@ -9,7 +9,7 @@ import asyncio
 import itertools
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -25,24 +25,7 @@ pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # n
 _ids = itertools.count(1)
 
 
-# ---- harness (the same in test_ocpp_central_system.py) ---------------------------------------------
-
-def run(body: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
-    async def main() -> None:
-        await asyncio.wait_for(body(), timeout)
-        await asyncio.sleep(0)
-        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert not leftover, f"leaked tasks: {leftover}"
-    asyncio.run(main())
-
-
-async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from .asyncsupport import run, settle  # noqa: E402  (shared harness)
 
 
 def cmd(kind: CommandType, value: float = 0.0) -> Command:
