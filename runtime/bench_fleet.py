@@ -68,6 +68,10 @@ def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000.0, 1)
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
 def _summary(steps: list[list[float]]) -> dict[str, Any]:
     """p50/p99/max (ms) over all steps, and of the first step alone."""
     every = [t for step in steps for t in step]
@@ -267,16 +271,19 @@ def _run_ours(n_chargers: int, battery_ports: list[int], version: str, steps: in
             statuses: dict[str, int] = {}
             held = 0
             submit_ms: list[float] = []
+            cpu_ms: list[float] = []
             for k in range(steps):
                 kw_ev, kw_bat = _values(k)
                 now = datetime.now(timezone.utc)
                 cmds = ([Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_ev, now) for aid in chargers]
                         + [Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_bat, now) for aid in batteries])
                 rec.expect([c.command_id for c in cmds])
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 site.submit_many(cmds)
                 submit_ms.append((time.perf_counter() - t0) * 1000.0)
                 rec.done.wait(step_timeout)
+                cpu_ms.append((time.process_time() - c0) * 1000.0)
                 final = dict(rec.final)
                 held += len(rec.held)
                 for cid in (c.command_id for c in cmds):
@@ -286,7 +293,7 @@ def _run_ours(n_chargers: int, battery_ports: list[int], version: str, steps: in
             total = steps * (n_chargers + len(batteries))
             completed = statuses.get("COMPLETED", 0)
             out.update(commands=total, completed=completed, all_completed=completed == total, **_summary(timings),
-                       submit_ms=round(sum(submit_ms) / len(submit_ms), 1) if submit_ms else None)
+                       submit_ms=_mean(submit_ms), cpu_ms=_mean(cpu_ms))
             if completed != total:
                 out["statuses"] = {s: n for s, n in statuses.items() if s != "COMPLETED"}
             if held:
@@ -458,16 +465,20 @@ async def _bare_main(n_chargers: int, battery_ports: list[int], version: str, st
         timings: list[list[float]] = []
         completed = 0
         cps = [registry[cp] for cp in sorted(ready)]
+        cpu_ms: list[float] = []
         for k in range(steps):
             kw_ev, kw_bat = _values(k)
+            c0 = time.process_time()
             t0 = time.perf_counter()
             payload = _bare_profile(version, kw_ev)
             results = await asyncio.gather(*([charger(cp, payload, t0) for cp in cps]
                                              + [battery(c, kw_bat, t0) for c in clients]))
+            cpu_ms.append((time.process_time() - c0) * 1000.0)
             timings.append([t for ok, t in results if ok])
             completed += sum(1 for ok, _ in results if ok)
         total = steps * (n_chargers + len(clients))
-        out.update(commands=total, completed=completed, all_completed=completed == total, **_summary(timings))
+        out.update(commands=total, completed=completed, all_completed=completed == total, **_summary(timings),
+                   cpu_ms=_mean(cpu_ms))
     finally:
         try:
             if sim is not None:
@@ -521,7 +532,7 @@ def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
               [("ran to the end", False)])
         return
     ours, bare = r["ours"], r["bare"]
-    shown = ("commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms")
+    shown = ("commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms", "cpu_ms")
     _line(out, "fleet", {"chargers": r["chargers"], "batteries": r["batteries"], "ocpp": r["ocpp"], "steps": r["steps"],
                          "journal": r["journal"], "connect_s": ours.get("connect_s"),
                          **{k: ours.get(k) for k in shown if k in ours}, "submit_ms": ours.get("submit_ms"),

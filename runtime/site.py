@@ -348,35 +348,42 @@ class Site:
         run everything that was ready. Returns False on timeout. I/O that waits on a real device
         (sockets) is not waited for: use :meth:`wait_for` for that."""
         deadline = _time.monotonic() + timeout
-        last: int | None = None
+        last: float | None = None
         while _time.monotonic() < deadline:
             total = self._activity(max(0.1, deadline - _time.monotonic()))
             if total is None:
                 return False
-            if total == last:
+            if total == last:  # NaN never equals anything: a visibly unfinished step goes round again
                 return True
             last = total
         return False
 
-    def _activity(self, timeout: float) -> int | None:
+    def _activity(self, timeout: float) -> float | None:
+        """Sum of the messages every runtime actor has handled, or NaN while something is visibly
+        unfinished (an asset actor died and the supervisor has not handled it yet); None on timeout."""
         core = [self._refs.get(n) for n in ("dispatcher", "supervisor", "events")]
         if any(r is None for r in core):
             return None
+        busy = False
         try:
             pongs = [r.ask(Ping(), timeout=timeout) for r in core if r is not None]
-            extra = pongs[1].detail.get("assets", []) + pongs[2].detail.get("subscribers", [])
-            futures = [r.ask(Ping(), block=False) for r in extra]
-            total = sum(p.handled for p in pongs)
+            total: float = sum(p.handled for p in pongs)
+            futures = []
+            for ref in pongs[1].detail.get("assets", []) + pongs[2].detail.get("subscribers", []):
+                try:
+                    futures.append(ref.ask(Ping(), block=False))
+                except pykka.ActorDeadError:
+                    busy = True  # crashed: its Crashed message is on the way to the supervisor
             for f in futures:
                 try:
                     total += f.get(timeout=timeout).handled
                 except pykka.ActorDeadError:
-                    total += 1_000_000  # a crashed actor: the supervisor has work now
+                    busy = True
             if self._io is not None:
                 self._io.barrier(timeout)
-            return total
-        except (pykka.Timeout, pykka.ActorDeadError, TimeoutError):
+        except (pykka.Timeout, TimeoutError):
             return None
+        return float("nan") if busy else total
 
     def wait_for(self, command_id: str, statuses: Iterable[CommandStatus] = FINAL_STATUSES,
                  timeout: float = 10.0) -> Command:
