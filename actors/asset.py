@@ -32,8 +32,8 @@ from runtime.events import Event, EventType
 from runtime.iothread import IOOperation, IOThread
 from runtime.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
 
-from .messages import (AssetHealth, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport, Execute,
-                       GetAssetState, Ping, Pong, Publish)
+from .messages import (AssetHealth, AssetMemory, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport,
+                       Execute, GetAssetState, LinkStarted, Ping, Pong, Publish)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,16 @@ _OUTCOME_STATUS = {
 _UNHEALTHY_STATES = frozenset({"FAULTED", "UNAVAILABLE"})
 #: |power| below this (kW) counts as idle when a battery's state follows its measured power.
 POWER_DEADBAND_KW = 0.05
+
+
+def _status_of(outcome: Any, command_id: str, asset_id: str) -> CommandStatus:
+    """The command status for a device outcome; anything that is not an Outcome is a FAILED attempt."""
+    status = _OUTCOME_STATUS.get(outcome)
+    if status is None:
+        log.error("asset %s: device link returned %r for %s; counted as a failed attempt", asset_id, outcome,
+                  command_id)
+        return CommandStatus.FAILED
+    return status
 
 
 class AssetCrash(RuntimeError):
@@ -77,10 +87,12 @@ class AssetActor(pykka.ThreadingActor):
 
     def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any],
-                 services: dict[str, Any] | None = None) -> None:
+                 services: dict[str, Any] | None = None, memory: "AssetMemory | None" = None,
+                 ack_timeout_s: float = 10.0) -> None:
         super().__init__()
         self.spec = spec
         self.link = link
+        self._ack_timeout_s = spec.ack_timeout_s or ack_timeout_s  # real-time bound on one device call
         self._io, self._clock = io, clock
         self._dispatcher, self._events, self._supervisor = dispatcher, events, supervisor
         self._services = services or {}
@@ -98,6 +110,10 @@ class AssetActor(pykka.ThreadingActor):
         self._handled = 0
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
         self.sm = factory(spec.asset_id, on_change=self._on_state_change)
+        if memory is not None:  # restarted after a crash: carry on from what the predecessor knew
+            self.sm.restore(self.sm.states[memory.state])
+            for command in memory.targets:
+                self._targets[command.command_type] = command
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -110,17 +126,18 @@ class AssetActor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 log.debug("%s: device report after the actor stopped: %r", self.spec.asset_id, event)
 
-        asset_id = self.spec.asset_id
-
-        def started(f: "concurrent.futures.Future[Any]") -> None:
-            if not f.cancelled() and f.exception() is not None:
-                log.error("%s: starting the device link failed: %r", asset_id, f.exception())
-        self._io.submit(self.link.start(ctx, sink)).add_done_callback(started)
+        def started(result: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
+            try:
+                me.tell(LinkStarted(None if error is None else f"{type(error).__name__}: {error}"))
+            except pykka.ActorDeadError:
+                pass
+        self._io.post(self.link.start(ctx, sink), started)
 
     def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
         self._release_link(block=False)
+        memory = AssetMemory(self.sm.state.name, tuple(self._targets.values()))
         try:
-            self._supervisor.tell(Crashed(self.spec.asset_id, f"{exc_type.__name__}: {exc_value}"))
+            self._supervisor.tell(Crashed(self.spec.asset_id, f"{exc_type.__name__}: {exc_value}", memory))
         except pykka.ActorDeadError:
             pass
 
@@ -153,6 +170,11 @@ class AssetActor(pykka.ThreadingActor):
             return self._device_report(message.event)
         if isinstance(message, GetAssetState):
             return self.sm.state.name
+        if isinstance(message, LinkStarted):
+            if message.error is not None:
+                log.error("%s: starting the device link failed: %s", self.spec.asset_id, message.error)
+            self._report_health(self._health_reason)  # the dispatcher sends nothing until it hears this
+            return None
         raise TypeError(f"AssetActor {self.spec.asset_id}: unexpected message {message!r}")
 
     def _execute(self, commands: tuple[Command, ...]) -> None:
@@ -186,7 +208,7 @@ class AssetActor(pykka.ThreadingActor):
                 me.tell(DeviceDone(results, token, resend=resend))
             except pykka.ActorDeadError:
                 pass
-        self._in_flight[token] = self._io.post(_apply(self.link, commands, self.spec.ack_timeout_s, self._lock), done)
+        self._in_flight[token] = self._io.post(_apply(self.link, commands, self._ack_timeout_s, self._lock), done)
 
     def _device_done(self, message: DeviceDone) -> None:
         self._in_flight.pop(message.token, None)
@@ -200,7 +222,7 @@ class AssetActor(pykka.ThreadingActor):
         for cid, result in message.results:
             command = self._sent.pop(cid, None)
             early = self._early.pop(cid, None)
-            status = _OUTCOME_STATUS[result.outcome]
+            status = _status_of(result.outcome, cid, self.spec.asset_id)
             if status is CommandStatus.COMPLETED:
                 reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED))
                 if command is not None:
@@ -216,13 +238,19 @@ class AssetActor(pykka.ThreadingActor):
 
     def _progress(self, event: CommandProgress) -> CommandReport:
         command = self._awaiting.pop(event.command_id, None)
-        status = _OUTCOME_STATUS[event.outcome]
+        status = _status_of(event.outcome, event.command_id, self.spec.asset_id)
+        if status is CommandStatus.HELD:  # a late "not connected" cannot hold a command the device took
+            status = CommandStatus.FAILED
         if status is CommandStatus.COMPLETED and command is not None:
             self._remember_target(command)
         return CommandReport(event.command_id, status, event.reason, retryable=status is not CommandStatus.REJECTED)
 
     def _remember_target(self, command: Command) -> None:
         if command.command_type.is_setpoint:
+            # Kept in the order they were applied, and re-sent in that order after a reboot: channels can
+            # overlap on the device (a battery's charge and discharge rates exclude each other), so the
+            # latest one must land last.
+            self._targets.pop(command.command_type, None)
             self._targets[command.command_type] = command
 
     def _device_report(self, event: DeviceEvent) -> None:
@@ -231,13 +259,18 @@ class AssetActor(pykka.ThreadingActor):
         elif isinstance(event, Telemetry):
             self._telemetry(event)
         elif isinstance(event, LinkUp):
+            self._set_link(True, event.reason)
+            resend: tuple[Command, ...] = ()
+            if event.rebooted:
+                # a channel with a newer command already on its way to the device gets that one instead
+                busy = {c.command_type for c in (*self._sent.values(), *self._awaiting.values())}
+                resend = tuple(c for c in self._targets.values() if c.command_type not in busy)
+                if resend:
+                    self._run(resend, resend=True)
             self._publish(EventType.ASSET_CONNECTED, {"asset_id": self.spec.asset_id, "rebooted": event.rebooted,
                                                       "reason": event.reason,
-                                                      "resent": [c.command_id for c in self._targets.values()]
-                                                      if event.rebooted else []})
-            self._set_link(True, event.reason)
-            if event.rebooted and self._targets:
-                self._run(tuple(self._targets.values()), resend=True)
+                                                      "resent": [c.command_id for c in resend] if event.rebooted
+                                                      else []})
         elif isinstance(event, LinkDown):
             self._publish(EventType.ASSET_DISCONNECTED, {"asset_id": self.spec.asset_id, "reason": event.reason})
             self._set_link(False, event.reason)
@@ -267,7 +300,16 @@ class AssetActor(pykka.ThreadingActor):
             self.sm.trigger(trigger)
 
     def _telemetry(self, event: Telemetry) -> None:
-        values = {k: float(v) for k, v in event.values.items()}
+        values: dict[str, float] = {}
+        for key, raw in event.values.items():
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if value != value or value in (float("inf"), float("-inf")):
+                log.warning("asset %s: telemetry %s=%r is not a number; ignored", self.spec.asset_id, key, raw)
+                continue
+            values[str(key)] = value
         self._publish(EventType.TELEMETRY, {"asset_id": self.spec.asset_id, **values})
         power = values.get("power_kw")
         if self.spec.kind != "battery" or power is None:

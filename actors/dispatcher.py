@@ -60,7 +60,7 @@ class DispatcherActor(pykka.ThreadingActor):
     """The command table's owner. Start it with the table (possibly restored from a journal)."""
 
     def __init__(self, table: CommandTable, *, clock: Clock, events: pykka.ActorRef[Any],
-                 journal: Any | None = None) -> None:
+                 journal: Any | None = None, retention_s: float = 3600.0) -> None:
         super().__init__()
         self._table = table
         self._clock = clock
@@ -70,6 +70,8 @@ class DispatcherActor(pykka.ThreadingActor):
         self._healthy: dict[str, bool] = {}
         self._timer: TimerHandle | None = None
         self._handled = 0
+        self._retention_s = retention_s
+        self._pruned_at = clock.time()
         # Changes and journal records not yet committed. A burst of messages (answers from many assets)
         # is committed once, when the inbox is empty; a submission is committed before it is answered.
         self._changes: list[Change] = []
@@ -78,14 +80,15 @@ class DispatcherActor(pykka.ThreadingActor):
 
     # ---- step --------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Ping):
+        if isinstance(message, (Ping, GetCommand, ListCommands, GetCounts)):
+            # a query may be the last message of a burst: commit what the burst changed first
             self._flush_if_idle()
-            return Pong(self._handled, {"counts": self._table.counts()})
-        if isinstance(message, GetCommand):
-            return self._table.get(message.command_id)
-        if isinstance(message, ListCommands):
-            return self._table.commands(message.status)
-        if isinstance(message, GetCounts):
+            if isinstance(message, Ping):
+                return Pong(self._handled, {"counts": self._table.counts()})
+            if isinstance(message, GetCommand):
+                return self._table.get(message.command_id)
+            if isinstance(message, ListCommands):
+                return self._table.commands(message.status)
             return self._table.counts()
         self._handled += 1
         now = self._clock.time()
@@ -101,7 +104,7 @@ class DispatcherActor(pykka.ThreadingActor):
         elif isinstance(message, CommandReports):
             mark = len(changes)
             for report in message.reports:
-                changes += self._apply_report(report, now)
+                changes += self._apply_report(message.asset_id, report, now)
             # answers make nothing due now, unless one put a command back to PENDING (a retry)
             pump = any(ch.command.status is CommandStatus.PENDING for ch in changes[mark:])
         elif isinstance(message, AssetHealth):
@@ -109,10 +112,12 @@ class DispatcherActor(pykka.ThreadingActor):
             changes += self._table.set_available(message.asset_id, self._available(message.asset_id), now)
         elif isinstance(message, AssetUp):
             self._refs[message.asset_id] = message.ref
-            self._healthy.pop(message.asset_id, None)  # a fresh actor reports its own health
-            changes += self._table.set_available(message.asset_id, True, now)
+            # a fresh actor gets nothing until it has reported its health (once its link started); that
+            # report may arrive before or after this message
+            changes += self._table.set_available(message.asset_id, self._available(message.asset_id), now)
         elif isinstance(message, AssetDown):
             self._refs.pop(message.asset_id, None)
+            self._healthy[message.asset_id] = False  # its successor reports afresh
             changes += self._table.hold_in_flight(message.asset_id, message.reason, now)
             changes += self._table.set_available(message.asset_id, False, now)
         elif not isinstance(message, Tick):
@@ -136,6 +141,10 @@ class DispatcherActor(pykka.ThreadingActor):
         if self._changes or self._records:
             self._commit(self._changes, self._records)
             self._changes, self._records = [], []
+        now = self._clock.time()
+        if now - self._pruned_at >= min(60.0, self._retention_s):  # memory stays bounded on a long run
+            self._pruned_at = now
+            self._table.prune(now - self._retention_s)
         if self._outbox:
             self._send()
             if self._changes:  # commands held because their actor died meanwhile
@@ -144,7 +153,7 @@ class DispatcherActor(pykka.ThreadingActor):
         self._arm_timer()
 
     def _available(self, asset_id: str) -> bool:
-        return asset_id in self._refs and self._healthy.get(asset_id, True)
+        return asset_id in self._refs and self._healthy.get(asset_id, False)
 
     def _submit_batch(self, message: SubmitBatch, now: float, changes: list[Change],
                       records: list[dict[str, Any]]) -> str:
@@ -163,10 +172,12 @@ class DispatcherActor(pykka.ThreadingActor):
             "end": float(batch.times[-1]) if len(batch) else None})])
         return batch.batch_id
 
-    def _apply_report(self, report: Any, now: float) -> list[Change]:
+    def _apply_report(self, asset_id: str, report: Any, now: float) -> list[Change]:
         t, cid = self._table, report.command_id
-        if t.get(cid) is None:
-            log.warning("report for unknown command %s ignored", cid)
+        command = t.get(cid)
+        if command is None or command.asset_id != asset_id:
+            log.warning("report from asset %s for %s command %s ignored", asset_id,
+                        "unknown" if command is None else f"{command.asset_id}'s", cid)
             return []
         s = report.status
         if s is CommandStatus.ACKNOWLEDGED:
@@ -178,8 +189,7 @@ class DispatcherActor(pykka.ThreadingActor):
         if s is CommandStatus.TIMED_OUT:
             return t.time_out(cid, now)
         if s is CommandStatus.HELD:
-            command = t.get(cid)
-            return t.hold_in_flight(command.asset_id, report.reason or "asset not healthy", now) if command else []
+            return t.hold(cid, report.reason or "asset not healthy", now)
         return t.fail(cid, report.reason or "device failure", now, retryable=report.retryable)
 
     def _pump(self, now: float) -> list[Change]:
@@ -195,12 +205,21 @@ class DispatcherActor(pykka.ThreadingActor):
     def _send(self) -> None:
         outbox, self._outbox = self._outbox, {}
         now = self._clock.time()
-        for asset_id, commands in outbox.items():
+        for asset_id, queued in outbox.items():
+            # a command held, released or superseded later in the same burst may be queued twice or
+            # not be in flight any more: send each id once, as the snapshot the table has now
+            commands: dict[str, Command] = {}
+            for c in queued:
+                current = self._table.get(c.command_id)
+                if current is not None and current.status is CommandStatus.DISPATCHED:
+                    commands[c.command_id] = current
+            if not commands:
+                continue
             ref = self._refs.get(asset_id)
             try:
                 if ref is None:
                     raise pykka.ActorDeadError(asset_id)
-                ref.tell(Execute(tuple(commands)))
+                ref.tell(Execute(tuple(commands.values())))
             except pykka.ActorDeadError:  # died since due() saw it available: hold, resend on AssetUp
                 self._refs.pop(asset_id, None)
                 self._changes += self._table.hold_in_flight(asset_id, f"asset actor {asset_id} is not running", now)

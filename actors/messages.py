@@ -24,7 +24,7 @@ __all__ = [
     "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",
     "AssetDown", "AssetHealth", "GetCommand", "GetCounts", "Publish", "Subscribe", "Unsubscribe", "Deliver",
     "Ping", "Pong", "DeviceDone", "DeviceReport", "Crashed", "Restart", "GetAssetState", "GetStatus",
-    "ListCommands", "GetAssetRef",
+    "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted",
 ]
 
 
@@ -97,6 +97,12 @@ class AssetHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkStarted:
+    """The device link's start() finished (``error`` when it raised): the actor reports its health."""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GetAssetState:
     """Ask an asset actor for its state machine's state name."""
 
@@ -120,10 +126,19 @@ class AssetDown:
 
 
 @dataclass(frozen=True, slots=True)
+class AssetMemory:
+    """What a dying asset actor knew, handed to its successor: the state machine's state and the last
+    completed setpoint per channel (to re-send after the device reboots)."""
+    state: str
+    targets: tuple[Command, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Crashed:
     """Sent by a dying asset actor (from ``on_failure``) to its supervisor."""
     asset_id: str
     reason: str
+    memory: AssetMemory | None = None
 
 
 @dataclass(frozen=True, slots=True)

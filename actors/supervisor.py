@@ -23,7 +23,7 @@ from runtime.events import Event, EventType
 from runtime.iothread import IOThread
 
 from .asset import AssetActor
-from .messages import GetAssetRef, AssetDown, AssetUp, Crashed, GetStatus, Ping, Pong, Publish, Restart
+from .messages import AssetDown, AssetMemory, GetAssetRef, AssetUp, Crashed, GetStatus, Ping, Pong, Publish, Restart
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def __init__(self, specs: list[AssetSpec], links: dict[str, DeviceLink], *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any],
-                 policy: RestartPolicy = RestartPolicy(), services: dict[str, Any] | None = None) -> None:
+                 policy: RestartPolicy = RestartPolicy(), services: dict[str, Any] | None = None,
+                 ack_timeout_s: float = 10.0) -> None:
         super().__init__()
         self._specs = {s.asset_id: s for s in specs}
         self._links = links
@@ -62,11 +63,13 @@ class SupervisorActor(pykka.ThreadingActor):
         self._dispatcher, self._events = dispatcher, events
         self._policy = policy
         self._services = services or {}
+        self._ack_timeout_s = ack_timeout_s
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._crashes: dict[str, deque[float]] = {}
         self._restarts: dict[str, int] = {}
         self._status: dict[str, str] = {}
         self._timers: dict[str, Any] = {}
+        self._memory: dict[str, AssetMemory] = {}  # what a crashed actor knew, for its successor
         self._handled = 0
 
     def on_start(self) -> None:
@@ -76,7 +79,8 @@ class SupervisorActor(pykka.ThreadingActor):
     def _start_asset(self, asset_id: str) -> None:
         ref = AssetActor.start(self._specs[asset_id], self._links[asset_id], io=self._io, clock=self._clock,
                                dispatcher=self._dispatcher, events=self._events, supervisor=self.actor_ref,
-                               services=self._services)
+                               services=self._services, memory=self._memory.pop(asset_id, None),
+                               ack_timeout_s=self._ack_timeout_s)
         self._refs[asset_id] = ref
         self._status[asset_id] = "running"
         self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
@@ -104,6 +108,8 @@ class SupervisorActor(pykka.ThreadingActor):
     def _crashed(self, message: Crashed) -> None:
         asset_id, now = message.asset_id, self._clock.time()
         self._refs.pop(asset_id, None)
+        if message.memory is not None:
+            self._memory[asset_id] = message.memory
         history = self._crashes.setdefault(asset_id, deque())
         history.append(now)
         while history and history[0] < now - self._policy.window_s:

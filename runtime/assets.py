@@ -27,7 +27,8 @@ class AssetSpec:
 
     ``max_charge_kw`` / ``max_discharge_kw`` are the device limits that commands are checked against
     (a command outside them is REJECTED, never sent). ``device`` is the link that drives it; None
-    means an in-memory simulated device. ``ack_timeout_s`` bounds the wait for the device's answer.
+    means an in-memory simulated device. ``ack_timeout_s`` bounds the wait for the device's answer to
+    one command (None: the site's ``ack_timeout_s``).
     """
 
     asset_id: str
@@ -36,7 +37,7 @@ class AssetSpec:
     max_discharge_kw: float = 0.0
     capacity_kwh: float | None = None
     device: "DeviceLink | None" = field(default=None, compare=False)
-    ack_timeout_s: float = 10.0
+    ack_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.asset_id or not isinstance(self.asset_id, str):
@@ -47,7 +48,7 @@ class AssetSpec:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v < 0 or v != v:
                 raise ValueError(f"{name}: must be a number >= 0, got {v!r} (asset {self.asset_id})")
-        if self.ack_timeout_s <= 0:
+        if self.ack_timeout_s is not None and not self.ack_timeout_s > 0:
             raise ValueError(f"ack_timeout_s: must be > 0, got {self.ack_timeout_s!r} (asset {self.asset_id})")
 
     def supported(self) -> frozenset[CommandType]:
@@ -74,14 +75,14 @@ class AssetSpec:
 
 
 def ChargerSpec(asset_id: str, max_kw: float = 22.0, device: "DeviceLink | None" = None,
-                ack_timeout_s: float = 10.0) -> AssetSpec:
+                ack_timeout_s: float | None = None) -> AssetSpec:
     """An EV charger of ``max_kw`` (charging only)."""
     return AssetSpec(asset_id, "charger", max_charge_kw=max_kw, device=device, ack_timeout_s=ack_timeout_s)
 
 
 def BatterySpec(asset_id: str, max_charge_kw: float = 50.0, max_discharge_kw: float = 50.0,
                 capacity_kwh: float = 100.0, device: "DeviceLink | None" = None,
-                ack_timeout_s: float = 10.0) -> AssetSpec:
+                ack_timeout_s: float | None = None) -> AssetSpec:
     """A stationary battery."""
     return AssetSpec(asset_id, "battery", max_charge_kw=max_charge_kw, max_discharge_kw=max_discharge_kw,
                      capacity_kwh=capacity_kwh, device=device, ack_timeout_s=ack_timeout_s)

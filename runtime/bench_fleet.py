@@ -29,7 +29,10 @@ on its own, and the ratio ours / bare. Targets: every command COMPLETED, p99 <= 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import math
+import multiprocessing
 import re
 import signal
 import subprocess
@@ -41,8 +44,6 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
-
-from .bench import _line
 
 __all__ = ["run_fleet_bench", "run_fleet_bench_part", "TARGETS"]
 
@@ -164,8 +165,8 @@ def _charger_args(url: str, count: int, version: str, concurrency: int) -> list[
 
 
 def _values(step: int) -> tuple[float, float]:
-    """(charger kW, battery kW) of a step: a new value every step."""
-    return 6.0 + step, 10.0 + 5.0 * step
+    """(charger kW, battery kW) of a step: a new value every step, within the device limits."""
+    return 6.0 + step % 12, 10.0 + 5.0 * (step % 7)
 
 
 # ------------------------------------------------------------------------------------ ours: a Site
@@ -203,108 +204,152 @@ class _Recorder:
                     self.done.set()
 
 
-def _run_ours(n_chargers: int, battery_ports: list[int], version: str, steps: int, concurrency: int,
-              connect_timeout: float, step_timeout: float, journal: bool) -> dict[str, Any]:
-    from protocols.modbus.link import ModbusBatteryLink
-    from protocols.ocpp.link import OcppChargerLink
-    from protocols.sim.chargepoint import fleet_ids
+class _Step:
+    """The outcome of one step: latencies (s) of the commands that succeeded, statuses, the process's CPU
+    time (s) and its garbage-collector pauses (s) during the step."""
 
-    from .assets import BatterySpec, ChargerSpec
-    from .commands import Command, CommandType
-    from .events import EventType
-    from .site import Site
+    def __init__(self, latencies: list[float], statuses: dict[str, int], cpu_s: float, extra: dict[str, float]) -> None:
+        self.latencies, self.statuses, self.cpu_s, self.extra = latencies, statuses, cpu_s, extra
+        self.gc_s = self.gc_max_s = 0.0
 
-    cp_ids = fleet_ids(n_chargers, _ID_PREFIX)
-    chargers = [f"ev-{cp}" for cp in cp_ids]
-    batteries = [f"bat-{i:03d}" for i in range(len(battery_ports))]
-    specs = ([ChargerSpec(aid, max_kw=22.0, device=OcppChargerLink(cp)) for aid, cp in zip(chargers, cp_ids)]
-             + [BatterySpec(aid, max_charge_kw=50.0, max_discharge_kw=50.0,
-                            device=ModbusBatteryLink("127.0.0.1", port, name=aid))
-                for aid, port in zip(batteries, battery_ports)])
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        site = Site(specs, ocpp={"port": 0}, journal_dir=tmp if journal else None, fsync="batch")
-        chargers_sim: _SimProcess | None = None
+    def to_tuple(self) -> tuple[Any, ...]:
+        return self.latencies, self.statuses, self.cpu_s, self.extra, self.gc_s, self.gc_max_s
+
+    @classmethod
+    def from_tuple(cls, t: Sequence[Any]) -> "_Step":
+        st = cls(list(t[0]), dict(t[1]), float(t[2]), dict(t[3]))
+        st.gc_s, st.gc_max_s = float(t[4]), float(t[5])
+        return st
+
+
+class _GcMeter:
+    """Sums the garbage collector's pauses in this process while active (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.total = self.longest = 0.0
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            d = time.perf_counter() - self._t0
+            self.total += d
+            self.longest = max(self.longest, d)
+
+    def __enter__(self) -> "_GcMeter":
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def apply(self, step: _Step) -> _Step:
+        step.gc_s, step.gc_max_s = self.total, self.longest
+        return step
+
+
+class _SiteRig:
+    """Ours: a Site with N OCPP chargers (simulator process connecting to its central system) and M
+    Modbus batteries."""
+
+    def __init__(self, n_chargers: int, battery_ports: list[int], version: str, concurrency: int,
+                 journal_dir: str | None) -> None:
+        from protocols.modbus.link import ModbusBatteryLink
+        from protocols.ocpp.link import OcppChargerLink
+        from protocols.sim.chargepoint import fleet_ids
+
+        from .assets import BatterySpec, ChargerSpec
+        from .site import Site
+
+        self.n_chargers, self.version, self.concurrency = n_chargers, version, concurrency
+        cp_ids = fleet_ids(n_chargers, _ID_PREFIX)
+        self.chargers = [f"ev-{cp}" for cp in cp_ids]
+        self.batteries = [f"bat-{i:03d}" for i in range(len(battery_ports))]
+        specs = ([ChargerSpec(aid, max_kw=22.0, device=OcppChargerLink(cp)) for aid, cp in zip(self.chargers, cp_ids)]
+                 + [BatterySpec(aid, max_charge_kw=50.0, max_discharge_kw=50.0,
+                                device=ModbusBatteryLink("127.0.0.1", port, name=aid))
+                    for aid, port in zip(self.batteries, battery_ports)])
+        self.site = Site(specs, ocpp={"port": 0}, journal_dir=journal_dir, fsync="batch")
+        self.sim: _SimProcess | None = None
+        self.rec = _Recorder()
+        self.held = 0
+
+    def start(self, connect_timeout: float) -> dict[str, Any]:
+        """Start the site and the charger simulator process; wait until every asset is connected."""
+        from .events import EventType
+
+        site = self.site
+        site.start()
+        for et in (EventType.COMMAND_COMPLETED, EventType.COMMAND_FAILED, EventType.COMMAND_TIMED_OUT,
+                   EventType.COMMAND_REJECTED, EventType.COMMAND_EXPIRED, EventType.COMMAND_SUPERSEDED,
+                   EventType.COMMAND_HELD):
+            site.events.subscribe(et, self.rec.on_event)
+        charger_set = set(self.chargers)
+        online: set[str] = set()
+        lock = threading.Lock()
+
+        def on_connected(event: Any) -> None:  # no charger can connect before its simulator starts
+            aid = event.payload.get("asset_id")
+            if aid in charger_set:
+                with lock:
+                    online.add(aid)
+        site.events.subscribe(EventType.ASSET_CONNECTED, on_connected)
+        site.settle(timeout=30)  # every link started: its charge point id is known to the central system
+        links = [site.device(aid) for aid in self.batteries]
+        t_launch = time.perf_counter()
+        self.sim = _SimProcess("ocpp (site)", _charger_args(f"ws://127.0.0.1:{site.service('ocpp').port}",
+                                                            self.n_chargers, self.version, self.concurrency))
+        deadline = time.monotonic() + connect_timeout
+        while True:
+            with lock:
+                n_online = len(online)
+            up = sum(1 for link in links if link.connected)
+            if n_online == self.n_chargers and up == len(links):
+                break
+            self.sim.check_alive()
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        connect_s = round(time.perf_counter() - t_launch, 2)
+        if n_online < self.n_chargers or up < len(links):
+            raise RuntimeError(f"site: {n_online} of {self.n_chargers} chargers and {up} of {len(links)} batteries "
+                               f"connected within {connect_timeout:g} s; charger simulator: {self.sim.tail(4)}")
+        site.settle(timeout=30)  # every asset actor has seen its LinkUp
+        return {"connect_s": connect_s}
+
+    def step(self, k: int, timeout: float) -> _Step:
+        from .commands import Command, CommandType
+
+        kw_ev, kw_bat = _values(k)
+        now = datetime.now(timezone.utc)
+        cmds = ([Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_ev, now) for aid in self.chargers]
+                + [Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_bat, now) for aid in self.batteries])
+        rec = self.rec
+        rec.expect([c.command_id for c in cmds])
+        with _GcMeter() as gcm:
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            self.site.submit_many(cmds)
+            submit_s = time.perf_counter() - t0
+            rec.done.wait(timeout)
+            cpu_s = time.process_time() - c0
+        final = dict(rec.final)
+        self.held += len(rec.held)
+        statuses: dict[str, int] = {}
+        for c in cmds:
+            status = final.get(c.command_id, ("NOT_FINAL", 0.0))[0]
+            statuses[status] = statuses.get(status, 0) + 1
+        self.site.settle(timeout=10)  # let the site finish its after-work before the other side's step
+        return gcm.apply(_Step([t - t0 for status, t in final.values() if status == "COMPLETED"], statuses, cpu_s,
+                               {"submit_s": submit_s}))
+
+    def stop(self) -> None:
         try:
-            t_start = time.perf_counter()
-            site.start()
-            out["site_start_s"] = round(time.perf_counter() - t_start, 2)
-            rec = _Recorder()
-            for et in (EventType.COMMAND_COMPLETED, EventType.COMMAND_FAILED, EventType.COMMAND_TIMED_OUT,
-                       EventType.COMMAND_REJECTED, EventType.COMMAND_EXPIRED, EventType.COMMAND_SUPERSEDED,
-                       EventType.COMMAND_HELD):
-                site.events.subscribe(et, rec.on_event)
-            site.settle(timeout=30)  # every link started (its charge point id is known to the central system)
-            cs = site.service("ocpp")
-            links = [site.device(aid) for aid in batteries]
-            charger_set = set(chargers)
-            online: set[str] = set()
-            online_lock = threading.Lock()
-
-            def on_connected(event: Any) -> None:  # no charger can connect before its simulator starts
-                aid = event.payload.get("asset_id")
-                if aid in charger_set:
-                    with online_lock:
-                        online.add(aid)
-            site.events.subscribe(EventType.ASSET_CONNECTED, on_connected)
-
-            t_launch = time.perf_counter()
-            chargers_sim = _SimProcess("ocpp", _charger_args(f"ws://127.0.0.1:{cs.port}", n_chargers, version,
-                                                             concurrency))
-            deadline = time.monotonic() + connect_timeout
-            n_online = up = 0
-            while True:
-                with online_lock:
-                    n_online = len(online)
-                up = sum(1 for link in links if link.connected)
-                if n_online == n_chargers and up == len(links):
-                    break
-                chargers_sim.check_alive()
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
-            out["connect_s"] = round(time.perf_counter() - t_launch, 2)
-            out["connected"] = n_online + up
-            site.settle(timeout=30)  # every asset actor has seen its LinkUp
-
-            timings: list[list[float]] = []
-            statuses: dict[str, int] = {}
-            held = 0
-            submit_ms: list[float] = []
-            cpu_ms: list[float] = []
-            for k in range(steps):
-                kw_ev, kw_bat = _values(k)
-                now = datetime.now(timezone.utc)
-                cmds = ([Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_ev, now) for aid in chargers]
-                        + [Command(f"s{k}-{aid}", aid, CommandType.SET_CHARGE_RATE, kw_bat, now) for aid in batteries])
-                rec.expect([c.command_id for c in cmds])
-                c0 = time.process_time()
-                t0 = time.perf_counter()
-                site.submit_many(cmds)
-                submit_ms.append((time.perf_counter() - t0) * 1000.0)
-                rec.done.wait(step_timeout)
-                cpu_ms.append((time.process_time() - c0) * 1000.0)
-                final = dict(rec.final)
-                held += len(rec.held)
-                for cid in (c.command_id for c in cmds):
-                    status = final.get(cid, ("NOT_FINAL", 0.0))[0]
-                    statuses[status] = statuses.get(status, 0) + 1
-                timings.append([t - t0 for status, t in final.values() if status == "COMPLETED"])
-            total = steps * (n_chargers + len(batteries))
-            completed = statuses.get("COMPLETED", 0)
-            out.update(commands=total, completed=completed, all_completed=completed == total, **_summary(timings),
-                       submit_ms=_mean(submit_ms), cpu_ms=_mean(cpu_ms))
-            if completed != total:
-                out["statuses"] = {s: n for s, n in statuses.items() if s != "COMPLETED"}
-            if held:
-                out["held"] = held
+            if self.sim is not None:
+                self.sim.stop()
         finally:
-            try:
-                if chargers_sim is not None:
-                    chargers_sim.stop()
-            finally:
-                site.stop()
-    return out
+            self.site.stop()
 
 
 # -------------------------------------------------------------------------- bare: no actors at all
@@ -387,143 +432,287 @@ def _bare_profile(version: str, kw: float) -> Any:
                                                                         "charging_schedule": schedule})
 
 
-async def _bare_main(n_chargers: int, battery_ports: list[int], version: str, steps: int, concurrency: int,
-                     connect_timeout: float, step_timeout: float) -> dict[str, Any]:
-    from pymodbus.client import AsyncModbusTcpClient
-    from websockets.asyncio.server import serve
-    from websockets.exceptions import ConnectionClosed
+class _BareRig:
+    """Bare: a plain asyncio program with no actors, on its own loop in its own thread (so that steps
+    can alternate with the site's): a minimal OCPP central system and one pymodbus client per battery."""
 
-    loop = asyncio.get_running_loop()
-    classes = _bare_charge_point_classes()
-    cls = classes[version]
-    registry: dict[str, Any] = {}
-    ready: set[str] = set()
-    all_ready = asyncio.Event()
+    def __init__(self, n_chargers: int, battery_ports: list[int], version: str, concurrency: int) -> None:
+        self.n_chargers, self.battery_ports, self.version, self.concurrency = n_chargers, battery_ports, version, concurrency
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-bare-loop", daemon=True)
+        self.registry: dict[str, Any] = {}
+        self.ready: set[str] = set()
+        self.clients: list[Any] = []
+        self.server: Any = None
+        self.sim: _SimProcess | None = None
+        self.cps: list[Any] = []
 
-    def on_ready(cp_id: str) -> None:
-        ready.add(cp_id)
-        if len(ready) >= n_chargers:
-            all_ready.set()
+    def _run(self, coro: Any, timeout: float) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    cls.ready = staticmethod(on_ready)
+    def start(self, connect_timeout: float) -> dict[str, Any]:
+        self.thread.start()
+        return self._run(self._start(connect_timeout), connect_timeout + 60)
 
-    async def handler(ws: Any) -> None:
-        cp_id = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        cp = cls(cp_id, ws)
-        registry[cp_id] = cp
-        try:
-            await cp.start()
-        except ConnectionClosed:
-            pass
-        finally:
-            if registry.get(cp_id) is cp:
-                del registry[cp_id]
-                ready.discard(cp_id)
+    async def _start(self, connect_timeout: float) -> dict[str, Any]:
+        from pymodbus.client import AsyncModbusTcpClient
+        from websockets.asyncio.server import serve
+        from websockets.exceptions import ConnectionClosed
 
-    out: dict[str, Any] = {}
-    subprotocol = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}[version]
-    server = await serve(handler, "127.0.0.1", 0, subprotocols=[subprotocol], compression=None)
-    port = server.sockets[0].getsockname()[1]
-    clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=1, retries=0, reconnect_delay=0.5,
-                                    reconnect_delay_max=10) for p in battery_ports]
-    sim: _SimProcess | None = None
-    try:
-        connected = await asyncio.gather(*(c.connect() for c in clients))
+        cls = _bare_charge_point_classes()[self.version]
+        all_ready = asyncio.Event()
+
+        def on_ready(cp_id: str) -> None:
+            self.ready.add(cp_id)
+            if len(self.ready) >= self.n_chargers:
+                all_ready.set()
+        cls.ready = staticmethod(on_ready)
+
+        async def handler(ws: Any) -> None:
+            cp_id = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
+            cp = cls(cp_id, ws)
+            self.registry[cp_id] = cp
+            try:
+                await cp.start()
+            except ConnectionClosed:
+                pass
+            finally:
+                if self.registry.get(cp_id) is cp:
+                    del self.registry[cp_id]
+                    self.ready.discard(cp_id)
+
+        subprotocol = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}[self.version]
+        self.server = await serve(handler, "127.0.0.1", 0, subprotocols=[subprotocol], compression=None)
+        port = self.server.sockets[0].getsockname()[1]
+        self.clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=1, retries=0, reconnect_delay=0.5,
+                                             reconnect_delay_max=10) for p in self.battery_ports]
+        connected = await asyncio.gather(*(c.connect() for c in self.clients))
         if not all(connected):
-            raise RuntimeError(f"bare: {connected.count(False)} of {len(clients)} battery simulators refused a connection")
+            raise RuntimeError(f"bare: {connected.count(False)} of {len(self.clients)} battery simulators "
+                               f"refused a connection")
+        loop = asyncio.get_running_loop()
         t_launch = time.perf_counter()
-        sim = await asyncio.to_thread(_SimProcess, "ocpp", _charger_args(f"ws://127.0.0.1:{port}", n_chargers,
-                                                                          version, concurrency))
+        self.sim = await asyncio.to_thread(_SimProcess, "ocpp (bare)", _charger_args(
+            f"ws://127.0.0.1:{port}", self.n_chargers, self.version, self.concurrency))
         deadline = loop.time() + connect_timeout
         while not all_ready.is_set() and loop.time() < deadline:
-            sim.check_alive()
+            self.sim.check_alive()
             try:
                 await asyncio.wait_for(all_ready.wait(), 0.25)
             except asyncio.TimeoutError:
                 pass
-        out["connect_s"] = round(time.perf_counter() - t_launch, 2)
-        out["connected"] = len(ready) + len(clients)
+        connect_s = round(time.perf_counter() - t_launch, 2)
+        if len(self.ready) < self.n_chargers:
+            raise RuntimeError(f"{len(self.ready)} of {self.n_chargers} chargers booted within {connect_timeout:g} s; "
+                               f"charger simulator: {self.sim.tail(4)}")
+        self.cps = [self.registry[cp] for cp in sorted(self.ready)]
+        return {"connect_s": connect_s}
 
-        async def charger(cp: Any, payload: Any, t0: float) -> tuple[bool, float]:
+    def step(self, k: int, timeout: float) -> _Step:
+        with _GcMeter() as gcm:
+            return gcm.apply(self._run(self._step(k, timeout), timeout + 30))
+
+    async def _step(self, k: int, timeout: float) -> _Step:
+        async def charger(cp: Any, payload: Any, t0: float) -> tuple[str, float]:
             try:
-                res = await asyncio.wait_for(cp.call(payload, suppress=False), step_timeout)
-                return str(res.status) == "Accepted", time.perf_counter() - t0
+                res = await asyncio.wait_for(cp.call(payload, suppress=False), timeout)
+            except asyncio.TimeoutError:
+                return "TIMED_OUT", 0.0
             except Exception:
-                return False, time.perf_counter() - t0
+                return "FAILED", 0.0
+            return ("COMPLETED" if str(res.status) == "Accepted" else "REJECTED"), time.perf_counter() - t0
 
-        async def battery(client: Any, kw: float, t0: float) -> tuple[bool, float]:
+        async def battery(client: Any, kw: float, t0: float) -> tuple[str, float]:
             words = [round(kw * 10), 0]  # the default map: 40001 charge rate x10, 40002 discharge rate = 0
             try:
                 rr = await client.write_registers(40000, words, device_id=1)
                 if rr.isError():
-                    return False, time.perf_counter() - t0
+                    return "REJECTED", 0.0
                 rb = await client.read_holding_registers(40000, count=2, device_id=1)
-                return (not rb.isError() and list(rb.registers) == words), time.perf_counter() - t0
             except Exception:
-                return False, time.perf_counter() - t0
+                return "FAILED", 0.0
+            ok = not rb.isError() and list(rb.registers) == words
+            return ("COMPLETED" if ok else "FAILED"), time.perf_counter() - t0
 
-        timings: list[list[float]] = []
-        completed = 0
-        cps = [registry[cp] for cp in sorted(ready)]
-        cpu_ms: list[float] = []
-        for k in range(steps):
-            kw_ev, kw_bat = _values(k)
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            payload = _bare_profile(version, kw_ev)
-            results = await asyncio.gather(*([charger(cp, payload, t0) for cp in cps]
-                                             + [battery(c, kw_bat, t0) for c in clients]))
-            cpu_ms.append((time.process_time() - c0) * 1000.0)
-            timings.append([t for ok, t in results if ok])
-            completed += sum(1 for ok, _ in results if ok)
-        total = steps * (n_chargers + len(clients))
-        out.update(commands=total, completed=completed, all_completed=completed == total, **_summary(timings),
-                   cpu_ms=_mean(cpu_ms))
-    finally:
+        kw_ev, kw_bat = _values(k)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        payload = _bare_profile(self.version, kw_ev)
+        results = await asyncio.gather(*([charger(cp, payload, t0) for cp in self.cps]
+                                         + [battery(c, kw_bat, t0) for c in self.clients]))
+        cpu_s = time.process_time() - c0
+        statuses: dict[str, int] = {}
+        for status, _ in results:
+            statuses[status] = statuses.get(status, 0) + 1
+        return _Step([t for status, t in results if status == "COMPLETED"], statuses, cpu_s, {})
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            self.loop.close()
+            return
         try:
-            if sim is not None:
-                await asyncio.to_thread(sim.stop)  # the loop keeps serving the closing handshakes meanwhile
+            self._run(self._stop(), 60)
         finally:
-            for c in clients:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            if not self.thread.is_alive():
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+                self.loop.close()
+
+    async def _stop(self) -> None:
+        try:
+            if self.sim is not None:
+                await asyncio.to_thread(self.sim.stop)  # the loop keeps serving the closing handshakes meanwhile
+        finally:
+            for c in self.clients:
                 c.close()
-            server.close()
-            await server.wait_closed()
-    return out
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+
+
+def _bare_worker(conn: Any, n_chargers: int, battery_ports: list[int], version: str, concurrency: int) -> None:
+    """Body of the bare process: runs a :class:`_BareRig` on requests from the parent's pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops this process in order
+    rig = _BareRig(n_chargers, battery_ports, version, concurrency)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):  # the parent is gone
+                return
+            if msg[0] == "stop":
+                return
+            try:
+                if msg[0] == "start":
+                    conn.send(("ok", rig.start(msg[1])))
+                elif msg[0] == "step":
+                    conn.send(("ok", rig.step(msg[1], msg[2]).to_tuple()))
+                else:
+                    conn.send(("error", f"unknown request {msg[0]!r}"))
+            except Exception as exc:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        rig.stop()
+        conn.close()
+
+
+class _BareProcess:
+    """The bare program in its own process (its own heap, garbage collector and GIL, like the site's
+    process has), driven step by step over a pipe."""
+
+    def __init__(self, n_chargers: int, battery_ports: list[int], version: str, concurrency: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_bare_worker, args=(child, n_chargers, battery_ports, version, concurrency),
+                                name="bench-fleet-bare", daemon=True)
+        self.proc.start()
+        child.close()
+
+    def _ask(self, msg: tuple[Any, ...], timeout: float) -> Any:
+        self.conn.send(msg)
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"the bare process did not answer {msg[0]!r} within {timeout:g} s")
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"bare process: {value}")
+        return value
+
+    def start(self, connect_timeout: float) -> dict[str, Any]:
+        return self._ask(("start", connect_timeout), connect_timeout + 120)
+
+    def step(self, k: int, timeout: float) -> _Step:
+        return _Step.from_tuple(self._ask(("step", k, timeout), timeout + 60))
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (OSError, EOFError):
+            pass
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():  # pragma: no cover - last resort
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
 
 
 # ------------------------------------------------------------------------------------------ entry
+
+def _figures(steps: list[_Step], total: int) -> dict[str, Any]:
+    statuses: dict[str, int] = {}
+    for st in steps:
+        for status, n in st.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+    completed = statuses.pop("COMPLETED", 0)
+    out: dict[str, Any] = {"commands": total, "completed": completed, "all_completed": completed == total,
+                           **_summary([st.latencies for st in steps]),
+                           "cpu_ms": _mean([st.cpu_s * 1000.0 for st in steps]),
+                           "gc_ms": _mean([st.gc_s * 1000.0 for st in steps]),
+                           "gc_max_ms": _ms(max((st.gc_max_s for st in steps), default=None))}
+    if statuses:
+        out["statuses"] = statuses
+    return out
+
 
 def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str = "1.6", steps: int = 5,
                     concurrency: int = 50, journal: bool = True, step_timeout: float = 60.0,
                     connect_timeout: float | None = None) -> dict[str, Any]:
     """Run both measurements (see the module docstring) and return their figures.
 
-    ``connect_timeout`` bounds the wait for the whole fleet to connect (default 30 s + 0.15 s per
-    charger); ``step_timeout`` bounds each step. Every simulator process is stopped before this returns,
-    also on errors."""
+    Both set-ups are connected at the same time (each to its own simulator processes) and their steps
+    alternate (site, bare, bare, site, site, ...), so that whatever else loads the machine weighs on
+    both alike. ``connect_timeout`` bounds the wait for each fleet to connect (default 30 s + 0.15 s
+    per charger); ``step_timeout`` bounds each step. Every simulator process is stopped and the site is
+    stopped before this returns, also on errors."""
     if version not in ("1.6", "2.0.1"):
         raise ValueError(f"version: must be '1.6' or '2.0.1', got {version!r}")
+    if n_chargers < 1 or n_batteries < 0 or steps < 1:
+        raise ValueError("n_chargers and steps must be >= 1, n_batteries >= 0")
     if connect_timeout is None:
         connect_timeout = 30.0 + 0.15 * n_chargers
-    batteries, ports = _start_batteries(n_batteries)
-    try:
-        ours = _run_ours(n_chargers, ports, version, steps, concurrency, connect_timeout, step_timeout, journal)
-        batteries.check_alive()
-        bare = asyncio.run(_bare_main(n_chargers, ports, version, steps, concurrency, connect_timeout, step_timeout))
-    finally:
-        batteries.stop()
+    total = steps * (n_chargers + n_batteries)
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, list[int]] = {"site": [], "bare": []}
+        for side in ("site", "bare"):
+            if n_batteries:
+                sim, ports[side] = _start_batteries(n_batteries)
+                stack.callback(sim.stop)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-fleet-")) if journal else None
+        ours = _SiteRig(n_chargers, ports["site"], version, concurrency, tmp)
+        stack.callback(ours.stop)
+        ours_setup = ours.start(connect_timeout)
+        bare = _BareProcess(n_chargers, ports["bare"], version, concurrency)
+        stack.callback(bare.stop)
+        bare_setup = bare.start(connect_timeout)
+        ours_steps: list[_Step] = []
+        bare_steps: list[_Step] = []
+        for k in range(steps):
+            first, second = ((ours, ours_steps), (bare, bare_steps)) if k % 2 == 0 else ((bare, bare_steps),
+                                                                                        (ours, ours_steps))
+            for rig, results in (first, second):
+                results.append(rig.step(k, step_timeout))
+        r_ours = {**ours_setup, **_figures(ours_steps, total),
+                  "submit_ms": _mean([st.extra["submit_s"] * 1000.0 for st in ours_steps])}
+        if ours.held:
+            r_ours["held"] = ours.held
+        r_bare = {**bare_setup, **_figures(bare_steps, total)}
 
     def ratio(key: str) -> float | None:
-        a, b = ours.get(key), bare.get(key)
+        a, b = r_ours.get(key), r_bare.get(key)
         return round(a / b, 2) if a is not None and b else None
 
     return {"chargers": n_chargers, "batteries": n_batteries, "ocpp": version, "steps": steps,
-            "journal": "batch" if journal else "off", "ours": ours, "bare": bare,
+            "journal": "batch" if journal else "off", "ours": r_ours, "bare": r_bare,
             "ratio_p50": ratio("p50_ms"), "ratio_p99": ratio("p99_ms")}
 
 
 def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
     """The ``fleet`` part of ``coordinator bench`` (quick: 50 chargers + 5 batteries)."""
+    from .bench import _line  # here, not at the top: the bare process imports this module and must stay lean
+
     n_chargers, n_batteries = (50, 5) if quick else (500, 50)
     try:
         r = run_fleet_bench(n_chargers=n_chargers, n_batteries=n_batteries)
@@ -532,14 +721,14 @@ def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
               [("ran to the end", False)])
         return
     ours, bare = r["ours"], r["bare"]
-    shown = ("commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms", "cpu_ms")
+    shown = ("connect_s", "commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms",
+             "cpu_ms", "gc_ms", "gc_max_ms", "statuses")
     _line(out, "fleet", {"chargers": r["chargers"], "batteries": r["batteries"], "ocpp": r["ocpp"], "steps": r["steps"],
-                         "journal": r["journal"], "connect_s": ours.get("connect_s"),
-                         **{k: ours.get(k) for k in shown if k in ours}, "submit_ms": ours.get("submit_ms"),
-                         **({"statuses": ours["statuses"]} if "statuses" in ours else {})},
+                         "journal": r["journal"], **{k: ours[k] for k in shown if k in ours},
+                         "submit_ms": ours.get("submit_ms")},
           [("every command COMPLETED", bool(ours.get("all_completed"))),
            (f"p99 <= {TARGETS['p99_ms']:g} ms", ours.get("p99_ms") is not None and ours["p99_ms"] <= TARGETS["p99_ms"])])
-    _line(out, "fleet bare", {"connect_s": bare.get("connect_s"), **{k: bare.get(k) for k in shown if k in bare},
+    _line(out, "fleet bare", {**{k: bare[k] for k in shown if k in bare},
                               "ratio_p50": r["ratio_p50"], "ratio_p99": r["ratio_p99"]},
           [("bare: every command answered", bool(bare.get("all_completed"))),
            (f"ours <= {TARGETS['ratio_p99']:g}x bare (p99)",

@@ -473,6 +473,18 @@ class CommandTable:
                 for e in list(self._by_asset.get(asset_id, {}).values())
                 if e.command.status is _S.PENDING and e.sched <= now]
 
+    def hold(self, command_id: str, reason: str, now: float) -> list[Change]:
+        """One in-flight command could not reach its device (link down): DISPATCHED/ACKNOWLEDGED ->
+        HELD with ``last_error`` = reason, released by ``set_available(asset, True)``. It does not mark
+        the asset unavailable (the asset reports its own health). Not in flight: no change."""
+        e = self._cmds.get(command_id)
+        if e is None or e.command.status not in _IN_FLIGHT:
+            return []
+        change = self._apply(e, _S.HELD, EventType.COMMAND_HELD, now, last_error=reason)
+        if e.command.asset_id not in self._unavailable:  # released at once if the asset is healthy
+            return [change, self._apply(e, _S.PENDING, None, now)]
+        return [change]
+
     def hold_in_flight(self, asset_id: str, reason: str, now: float) -> list[Change]:
         """The asset's actor died: its DISPATCHED/ACKNOWLEDGED commands become HELD (``last_error`` =
         reason) and the asset is marked unavailable (so its due PENDING ones are held too).

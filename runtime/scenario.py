@@ -149,7 +149,7 @@ def run_scenario(scenario: Scenario, out: TextIO | None = None, as_json: bool = 
     interval = (index[-1] - index[-2]).total_seconds() if len(index) > 1 else 0.0
     end_s = scenario.duration_s if scenario.duration_s is not None else \
         (index[-1] - pd.Timestamp(scenario.start)).total_seconds() + interval
-    with Site(list(scenario.assets), clock=clock) as site:
+    with Site(list(scenario.assets), clock=clock, retention_s=float("inf")) as site:  # report on every command
         batch = site.submit_schedule(scenario.schedule, asset_map=scenario.asset_map)
         elapsed = 0.0
         for ev in scenario.events:  # sorted by time; the clock fires every timer on the way

@@ -108,8 +108,14 @@ class Site:
         Journal durability: "always" (fsync per write), "batch" (fsync once per dispatcher step,
         default), "never".
     retry, ack_timeout_s, completion_timeout_s:
-        Dispatcher policy: retries with exponential backoff; time (site clock) for a device to answer a
-        dispatched command, and for an acknowledged command to complete.
+        Retries with exponential backoff. ``ack_timeout_s``: how long a device gets to answer one
+        command (the asset actor's I/O timeout, real time; an asset's own ``ack_timeout_s`` overrides
+        it); the dispatcher times a dispatched command out after twice that on the site clock, a safety
+        net that also covers time queued behind the asset's earlier commands. ``completion_timeout_s``:
+        site-clock time for an acknowledged command to complete.
+    retention_s:
+        Final commands older than this (site clock) are pruned from memory; their ids stay known, so a
+        pruned command is still never applied twice. The journal keeps them.
     restart_policy:
         Supervisor restart intensity for crashed asset actors.
     ocpp:
@@ -121,7 +127,7 @@ class Site:
                  journal_dir: str | os.PathLike[str] | None = None, fsync: str = "batch",
                  retry: RetryPolicy | None = None, ack_timeout_s: float = 10.0,
                  completion_timeout_s: float = 60.0, restart_policy: RestartPolicy | None = None,
-                 ocpp: Mapping[str, Any] | None = None) -> None:
+                 ocpp: Mapping[str, Any] | None = None, retention_s: float = 3600.0) -> None:
         specs = list(assets)
         seen: set[str] = set()
         for spec in specs:
@@ -143,6 +149,7 @@ class Site:
         self._completion_timeout_s = completion_timeout_s
         self._restart_policy = restart_policy or RestartPolicy()
         self._ocpp_config = dict(ocpp) if ocpp is not None else None
+        self._retention_s = retention_s
         self._io: IOThread | None = None
         self._services: dict[str, Any] = {}
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
@@ -164,6 +171,8 @@ class Site:
         return self
 
     def _start(self) -> None:
+        if self._owns_clock:  # a stopped RealClock fires nothing: a restarted site gets a fresh one
+            self.clock = RealClock()
         self._io = IOThread().start()
         self._start_services()
         event_journal = cmd_journal = None
@@ -171,17 +180,23 @@ class Site:
             self._journal_dir.mkdir(parents=True, exist_ok=True)
             event_journal = Journal(self._journal_dir / "events.jnl", fsync=self._fsync)
         self._refs["events"] = EventActor.start(event_journal)
-        table = CommandTable(retry=self._retry, ack_timeout_s=self._ack_timeout_s,
+        table = CommandTable(retry=self._retry, ack_timeout_s=2 * self._ack_timeout_s,
                              completion_timeout_s=self._completion_timeout_s)
+        for spec in self._specs.values():
+            if spec.ack_timeout_s is not None:
+                table.set_ack_timeout(spec.asset_id, 2 * spec.ack_timeout_s)
         if self._journal_dir is not None:
             self._restore(table, self._journal_dir / "commands.jnl")
             cmd_journal = Journal(self._journal_dir / "commands.jnl", fsync=self._fsync)
         self._refs["dispatcher"] = DispatcherActor.start(table, clock=self.clock, events=self._refs["events"],
-                                                         journal=cmd_journal)
+                                                         journal=cmd_journal, retention_s=self._retention_s)
         self._refs["supervisor"] = SupervisorActor.start(
             list(self._specs.values()), self._links, io=self._io, clock=self.clock,
             dispatcher=self._refs["dispatcher"], events=self._refs["events"], policy=self._restart_policy,
-            services=self._services)
+            services=self._services, ack_timeout_s=self._ack_timeout_s)
+        # return only once the dispatcher knows every asset actor (the supervisor's on_start sent AssetUp)
+        self._refs["supervisor"].ask(Ping(), timeout=ASK_TIMEOUT_S)
+        self._refs["dispatcher"].ask(Ping(), timeout=ASK_TIMEOUT_S)
         if isinstance(self.clock, VirtualClock):
             self.clock.on_fire = self.settle
             self.settle()

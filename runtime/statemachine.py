@@ -108,6 +108,13 @@ class StateMachine:
                 "trigger": trigger}, timestamp=self._clock())
         return self._state
 
+    def restore(self, state: Enum) -> None:
+        """Put the machine in ``state`` without a transition (no hook, no event): for an asset actor
+        restarted after a crash, carrying on from its predecessor's state."""
+        if state not in self.states:
+            raise ValueError(f"asset {self.asset_id}: {state!r} is not a {self.states.__name__}")
+        self._state = state
+
     def path_to(self, target: Enum) -> list[str] | None:
         """Shortest list of triggers (ignoring guards) from the current state to ``target``; None if unreachable.
 

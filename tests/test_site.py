@@ -122,13 +122,15 @@ def test_device_rejection_is_final_and_failure_is_retried_with_backoff():
 
 def test_a_silent_device_times_out_and_attempts_are_bounded():
     retry = RetryPolicy(max_attempts=2, base_delay_s=1, jitter=0)
-    with _site(retry=retry, ack_timeout_s=5) as site:
+    with _site(retry=retry, ack_timeout_s=5) as site:   # the dispatcher's safety net: twice that, 10 s
         site.device("ev-1").set_silent(True)
         site.submit(_cmd("c1"))
-        site.advance(5)
+        site.advance(9.9)
+        assert site.command("c1").status is S.DISPATCHED
+        site.advance(0.1)
         c = site.command("c1")
-        assert c.status is S.PENDING and c.attempts == 1 and "no acknowledgement after 5 s" in c.last_error
-        site.advance(1 + 5)
+        assert c.status is S.PENDING and c.attempts == 1 and "no acknowledgement after 10 s" in c.last_error
+        site.advance(1 + 10)
         assert site.command("c1").status is S.TIMED_OUT and site.command("c1").attempts == 2
 
 
@@ -278,3 +280,96 @@ def test_stop_leaves_no_actor_threads():
     assert not site.running
     import pykka
     assert pykka.ActorRegistry.get_all() == []
+
+
+# ---- regressions found in review ------------------------------------------------------------------
+
+def test_a_reboot_does_not_bring_back_an_older_setpoint_than_the_one_on_its_way():
+    with _site() as site:
+        dev = site.device("ev-1")
+        site.submit(_cmd("a", value=5.0))
+        site.settle()
+        dev.set_silent(True)
+        site.submit(_cmd("b", value=7.0))
+        site.settle()
+        dev.reboot()               # the device restarts while b is waiting for it
+        site.settle()
+        dev.set_silent(False)
+        assert site.wait_for("b", timeout=5).status is S.COMPLETED
+        site.settle()
+        assert [(a.command_id, a.value) for a in dev.applied] == [("a", 5.0), ("b", 7.0)]
+        assert dev.values() == {"SET_CHARGE_RATE": 7.0}
+
+
+def test_a_restarted_actor_keeps_its_predecessors_targets_and_state():
+    policy = RestartPolicy(base_backoff_s=1)
+    with _site(restart_policy=policy) as site:
+        dev = site.device("ev-1")
+        site.submit(_cmd("a", value=5.0))
+        site.settle()
+        dev.report_status("FAULTED")
+        site.settle()
+        dev.crash_actor()
+        site.settle()
+        site.advance(1)
+        assert site.supervision()["ev-1"] == "running"
+        assert site.asset_state("ev-1") == "FAULTED"       # not reset to AVAILABLE by the restart
+        site.submit(_cmd("x", value=6.0, at_s=1))
+        site.advance(1)
+        assert site.command("x").status is S.HELD          # still faulted: held, not sent
+        dev.report_status("AVAILABLE")
+        dev.reboot()                                        # the successor still knows what to re-send
+        site.settle()
+        assert site.command("x").status is S.COMPLETED
+        assert [a.command_id for a in dev.applied][:1] == ["a"] and dev.values() == {"SET_CHARGE_RATE": 6.0}
+
+
+def test_polling_a_command_never_strands_the_dispatchers_commit():
+    from datetime import datetime, timezone
+    with Site([ChargerSpec("ev-1", max_kw=22.0)], ack_timeout_s=1.0) as site:
+        for k in range(30):
+            cid = f"c{k}"
+            site.submit_many([Command(cid, "ev-1", T.SET_CHARGE_RATE, float(k % 20),
+                                      datetime.now(timezone.utc))])
+            for _ in range(20):          # a host polling for the result keeps the dispatcher busy
+                site.command(cid)
+            assert site.wait_for(cid, timeout=3).status is S.COMPLETED
+
+
+def test_a_site_can_be_started_again_after_stop():
+    from datetime import datetime, timezone
+    site = Site([ChargerSpec("ev-1", max_kw=22.0)])
+    for run in range(2):
+        with site:
+            due = datetime.now(timezone.utc) + timedelta(milliseconds=50)   # needs a working timer
+            site.submit(Command(f"r{run}", "ev-1", T.SET_CHARGE_RATE, 3.0, due))
+            assert site.wait_for(f"r{run}", timeout=3).status is S.COMPLETED
+
+
+def test_bad_telemetry_values_are_ignored_and_do_not_crash_the_actor(caplog):
+    with _site() as site:
+        site.device("bat-1").report_telemetry(soc_pct=None, power_kw="lots")   # type: ignore[arg-type]
+        site.device("bat-1").report_telemetry(power_kw=5.0)
+        site.settle()
+        assert site.supervision()["bat-1"] == "running"
+        assert site.asset_state("bat-1") == "CHARGING"
+        assert "telemetry soc_pct=None is not a number" in caplog.text
+
+
+def test_commands_submitted_right_after_start_are_sent_once_without_bouncing():
+    from datetime import datetime, timezone
+    with Site([ChargerSpec("ev-1", max_kw=22.0)]) as site:
+        events = _events(site, EventType.COMMAND_HELD)
+        site.submit(Command("x", "ev-1", T.SET_CHARGE_RATE, 4.0, datetime.now(timezone.utc)))
+        done = site.wait_for("x", timeout=3)
+        assert done.status is S.COMPLETED and done.attempts == 1
+        assert events == []
+
+
+def test_prune_keeps_memory_bounded_and_ids_known():
+    with _site(retention_s=60) as site:
+        site.submit(_cmd("old"))
+        site.settle()
+        site.advance(200)
+        assert site.command("old") is None                       # pruned from memory...
+        assert site.submit_many([_cmd("old", at_s=200)]) == ()   # ...but never applied again

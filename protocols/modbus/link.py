@@ -232,7 +232,9 @@ class ModbusBatteryLink(DeviceLink):
                 if mismatch is not None:
                     return DeviceResult(Outcome.FAILED, f"battery {self.name}: {mismatch}",
                                         {"written": list(block.words), "read": words})
-        if remember and mp.revert_s and ct in (CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE):
+        if remember and mp.revert_s and ct in (CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE) and (
+                value > 0 or self._keepalive is None or self._keepalive[0] is ct):
+            # (a 0 in the other direction leaves the running rate, and so its keepalive, alone)
             self._keepalive = (ct, value)
             self._keepalive_at = self._now()
         return DeviceResult(Outcome.COMPLETED, None,

@@ -23,7 +23,9 @@ registers hold the measurements the link polls. Two kinds exist, both :class:`Ba
 * ``exclusive_rates`` (default True): SET_CHARGE_RATE also writes 0 to the SET_DISCHARGE_RATE register
   and vice versa (when the map has both), so a battery never holds a charge and a discharge setpoint
   at once. When the two registers are adjacent (40001/40002) both go in ONE write (function 16), so the
-  device sees the change atomically; otherwise the opposite register is zeroed first.
+  device sees the change atomically; otherwise the opposite register is zeroed first. A rate of 0 writes
+  only its own register: it stops that direction and leaves the other alone (a schedule row "charge 20,
+  discharge 0" sends both commands, in either order; the battery must end up charging at 20 kW).
 * ``RegisterMap.from_config(dict)`` builds a custom map (see :meth:`RegisterMap.from_config`).
 
 :class:`SunSpecMap` -- the SunSpec profile, built by :func:`sunspec_map`. Point offsets come from
@@ -40,12 +42,15 @@ every write, never assumed. Points written per command (all big-endian, SunSpec 
   - SET_DISCHARGE_RATE v kW: the same block with OutWRte = v / WChaMax (in %) and InWRte = 0; then
     StorCtl_Mod = 2 (DISCHARGE). Model 124 has no WDisChaMax point: OutWRte is taken as a percentage
     of WChaMax, as most implementations do.
+  - A rate of 0 stops only its own direction: InWRte (OutWRte) = 0 and StorCtl_Mod with bit 0 (bit 1)
+    cleared, the other bit kept.
 * ``control="der"`` (model 704):
 
   - SET_CHARGE_RATE v kW: 704.WSetRvrtTms = ``revert_s``; then one write of 704.WSetEna = 1
     (ENABLED), 704.WSetMod = 1 (WATTS), 704.WSet = -v kW in W (negative = absorbing/charging; raw =
     W / 10^WSet_SF).
   - SET_DISCHARGE_RATE v kW: the same with WSet = +v kW in W.
+  - A rate of 0 while WSet runs in the other direction writes nothing (it stops only its own direction).
 * Both: SET_POWER_LIMIT v kW -> 124.WChaMax = v kW in W (raw = W / 10^WChaMax_SF). Under SunSpec
   semantics InWRte/OutWRte are percentages of WChaMax, so a new limit scales a running rate with it.
   SET_SOC_TARGET and CHANGE_AVAILABILITY have no SunSpec point: REJECTED.
@@ -373,7 +378,9 @@ class RegisterMap(BatteryRegisterMap):
             raise RegisterMapError(f"{command_type.value} is not in register map {self.name!r} (it maps {mapped})")
         points = []
         opposite = _OPPOSITE.get(command_type)
-        if self.exclusive_rates and opposite is not None and opposite in self.writes:
+        # A zero rate only says "not in this direction": it leaves the opposite rate alone (a schedule row
+        # "charge 20, discharge 0" sends both; zeroing the charge register too would stop the battery).
+        if self.exclusive_rates and opposite is not None and opposite in self.writes and value > 0:
             points.append(PointWrite.of(opposite.value, self.writes[opposite], 0.0))
         points.append(PointWrite.of(command_type.value, spec, value))
         return points
@@ -656,7 +663,8 @@ class SunSpecMap(BatteryRegisterMap):
     def setup_reads(self, command_type: CommandType) -> list[tuple[int, int]]:
         ranges = [self.model_range(124)]
         if self.control == "der" and command_type in _OPPOSITE:
-            ranges.append((self.address(704, "WSet_SF"), 1))
+            for name in ("WSetEna", "WSet", "WSet_SF"):  # the current WSet: see plan() for a zero rate
+                ranges.append((self.address(704, name), self.point(704, name).size))
         return merge_reads(ranges)
 
     def plan(self, command_type: CommandType, value: float, image: Mapping[int, int]) -> list[PointWrite]:
@@ -670,6 +678,11 @@ class SunSpecMap(BatteryRegisterMap):
         if self.control == "der":
             watts = -value * 1000.0 if charging else value * 1000.0
             wset = self.scaled_spec(image, 704, "WSet")
+            if value == 0 and self.raw(image, 704, "WSetEna") == 1:
+                # A zero rate only stops this direction: the opposite one running now stays as it is.
+                current = decode_value(wset, _words(image, wset))
+                if (current > 0 and charging) or (current < 0 and not charging):
+                    return []
             return [PointWrite.of("704.WSetRvrtTms", self.spec(704, "WSetRvrtTms"), self.revert_s),
                     PointWrite.of("704.WSetEna", self.spec(704, "WSetEna"), 1),
                     PointWrite.of("704.WSetMod", self.spec(704, "WSetMod"), 1),
@@ -685,6 +698,15 @@ class SunSpecMap(BatteryRegisterMap):
         pct = value * 1000.0 / wchamax * 100.0
         rte = self.scaled_spec(image, 124, "InWRte")
         out_rte = self.scaled_spec(image, 124, "OutWRte")
+        if value == 0:
+            # A zero rate only stops this direction: clear its rate and its StorCtl_Mod bit, and leave the
+            # opposite direction (its rate, bit and revert timer) as it is.
+            mod = self.raw(image, 124, "StorCtl_Mod") or 0
+            if charging:
+                return [PointWrite.of("124.InWRte", rte, 0.0),
+                        PointWrite.of("124.StorCtl_Mod", self.spec(124, "StorCtl_Mod"), mod & ~1 & 3)]
+            return [PointWrite.of("124.OutWRte", out_rte, 0.0),
+                    PointWrite.of("124.StorCtl_Mod", self.spec(124, "StorCtl_Mod"), mod & ~2 & 3)]
         return [PointWrite.of("124.OutWRte", out_rte, 0.0 if charging else pct),
                 PointWrite.of("124.InWRte", rte, pct if charging else 0.0),
                 PointWrite.of("124.InOutWRte_WinTms", self.spec(124, "InOutWRte_WinTms"), 0),
