@@ -74,6 +74,7 @@ class EventActor(pykka.ThreadingActor):
             self._subs[sid] = (message.event_type, SubscriberActor.start(message.fn))
             return sid
         if isinstance(message, Unsubscribe):
+            self._flush()  # the leaving subscriber still gets what was published before it left
             entry = self._subs.pop(message.subscription_id, None)
             if entry is not None:
                 entry[1].stop(block=False)
