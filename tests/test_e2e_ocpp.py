@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from typing import Any, Callable, Iterable
 
 import pandas as pd
@@ -171,38 +170,11 @@ class Rig:
                                       for e in evs), timeout, what=f"TELEMETRY power_kw={kw}")
 
 
-#: Longer than any legitimate wait in these tests: no progress for this long means a stall.
-STALL_S = 2.0
-
-
 def wait_command(site: Site, rec: Recorder, command_id: str,
                  statuses: Iterable[CommandStatus] = FINAL_STATUSES, timeout: float = 5.0) -> Command:
-    """``Site.wait_for`` (bounded by ``timeout``), then until ``rec`` has the command's event too
-    (subscribers are separate actors: one may be a step behind another).
-
-    Work-around, to remove once fixed: the dispatcher and the event actor commit a burst (Execute sends,
-    events, the next timer) only when their inbox is empty after a step, and a query (GetCommand, as
-    in wait_for and submit) or an Unsubscribe (as wait_for returns) queued behind a step does not
-    commit. The step's sends and events then wait for the next message; in a quiet site, for ever.
-    After ``STALL_S`` without progress, ``settle()`` pings every actor (a Ping commits); a stall that
-    needed it is reported as a warning.
-    """
-    wanted = frozenset(statuses)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            c = site.wait_for(command_id, wanted, timeout=max(0.05, min(STALL_S, remaining)))
-            break
-        except TimeoutError:
-            if remaining <= STALL_S:
-                raise
-            site.settle(1.0)
-            now = site.command(command_id)
-            if now is not None and now.status in wanted:
-                warnings.warn(f"command {command_id} reached {now.status.value} only after the actors were "
-                              f"pinged: a step was left uncommitted (actors/dispatcher.py)", RuntimeWarning)
-    site.settle(2.0)  # a burst the event actor left pending when wait_for unsubscribed
+    """``Site.wait_for``, then until ``rec`` has the command's event too (subscribers are separate
+    actors: one may be a step behind another)."""
+    c = site.wait_for(command_id, statuses, timeout)
     rec.wait(lambda evs: any(e.payload.get("command_id") == command_id and e.payload.get("status") == c.status.value
                              for e in evs), timeout, what=f"the {c.status.value} event of {command_id}")
     return c
@@ -366,7 +338,8 @@ def test_start_and_stop_charging_complete_when_the_transaction_starts_and_ends(v
         assert in_order(r.rec.statuses(start), ["DISPATCHED", "ACKNOWLEDGED", "COMPLETED"])
         action = "RemoteStartTransaction" if version == "1.6" else "RequestStartTransaction"
         assert len(r.read(lambda: sim.calls_of(action))) == 1
-        assert r.read(lambda: sim.transaction_id) is not None
+        # the central system saw the transaction start; the charger learns its id from the answer
+        r.until(lambda: sim.transaction_id is not None, what="the simulator's transaction id")
         r.wait_state("CHARGING")  # from the charger's own status reports
         assert r.read(lambda: sim.power_kw) == pytest.approx(22.0)
 
