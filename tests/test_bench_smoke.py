@@ -1,0 +1,26 @@
+"""``coordinator bench`` keeps working (figures are printed, never asserted: timing is not a test)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from runtime.bench import run_bench
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("no_leaks")
+def test_quick_bench_prints_every_figure_line():
+    out = io.StringIO()
+    assert run_bench(quick=True, only=["schedule", "throughput", "startup"], out=out) == 0
+    text = out.getvalue()
+    for part in ("schedule", "ceiling", "throughput", "startup"):
+        assert any(line.startswith(part) for line in text.splitlines()), text
+    assert "every command COMPLETED" in text and "MISS: every command COMPLETED" not in text
+
+
+def test_unknown_bench_part_is_refused_by_name():
+    out = io.StringIO()
+    assert run_bench(quick=True, only=["nope"], out=out) == 2
+    assert "unknown bench part 'nope'" in out.getvalue()
