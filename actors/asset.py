@@ -72,8 +72,9 @@ async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float
     async with lock:
         for command in commands:
             try:
-                result = await asyncio.wait_for(link.execute(command), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):  # no extra task per command, unlike wait_for
+                    result = await link.execute(command)
+            except TimeoutError:
                 result = DeviceResult(Outcome.TIMED_OUT, f"no answer from the device within {timeout} s")
             except Exception as exc:  # a link bug must not kill the actor: the command fails, is retried
                 log.exception("%s.execute(%s) raised", link.describe(), command.command_id)

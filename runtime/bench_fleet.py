@@ -1,29 +1,37 @@
 """``coordinator bench --only fleet``: one schedule step fanned out to a fleet of real devices.
 
-The devices are simulators in SEPARATE processes, talking real protocols over loopback sockets:
+Every device is a simulator in a SEPARATE process, talking the real protocol over loopback sockets:
+``coordinator sim battery --port 0 --count M`` (one pymodbus server per battery on a free port; the
+ports are read from the simulator's output) and ``coordinator sim ocpp --count N --url ws://...``
+(N OCPP charge points in one process, at most ``--concurrency`` handshakes at a time, ``--no-validation``,
+MeterValues only on change). Two set-ups are measured in the same run, each with its own simulator
+processes:
 
-* ``coordinator sim battery --port 0 --count M`` (one pymodbus server per battery, each on a free port;
-  the ports are read from the simulator's output);
-* ``coordinator sim ocpp --count N --url ws://127.0.0.1:<port>`` (N OCPP charge points in one asyncio
-  process, connecting at most ``--concurrency`` at a time).
+``ours``  a :class:`~runtime.site.Site` in this process (actors, dispatcher, journal with fsync "batch",
+          OCPP central system, Modbus links): N :class:`~protocols.ocpp.link.OcppChargerLink` chargers and M
+          :class:`~protocols.modbus.link.ModbusBatteryLink` batteries. A step submits one SET_CHARGE_RATE per
+          asset with ``submit_many`` (all due now) and waits until every command is final. Latency of a
+          command: from the ``submit_many`` call to its COMMAND_COMPLETED event, timed
+          (``time.perf_counter``) in the event subscriber.
+``bare``  a plain asyncio program with no actors, in a process of its own (``python -m runtime.bench_fleet
+          bare-worker``, so that it has its own heap, garbage collector and GIL as the site has): its own
+          OCPP central system (``ocpp`` + ``websockets``; BootNotification, StatusNotification, Heartbeat,
+          MeterValues) and one pymodbus ``AsyncModbusTcpClient`` per battery. A step sends every charger the
+          SetChargingProfile the link sends (TxDefaultProfile, W, Absolute, connector 1) and every battery
+          the link's write + read-back (40001/40002), all at once. Latency: from the start of the step to the
+          verified answer.
 
-Two measurements in the same run, on the same battery simulators and on a fresh charger process each:
+Both central systems run the ``ocpp`` library with its defaults (JSON-schema validation of every
+message). Both fleets are connected before the first step, and the steps alternate (ours, bare, bare,
+ours, ours, ...), so that whatever else loads the machine weighs on both alike. The waits are bounded:
+the fleet must connect within ``connect_timeout`` (an error names how many did), a step ends after
+``step_timeout``. Every child process is stopped (SIGTERM, then SIGKILL) and the site is stopped before
+:func:`run_fleet_bench` returns, also on errors.
 
-``ours``  a :class:`~runtime.site.Site` (actors, dispatcher, journal, OCPP central system, Modbus links)
-          with N :class:`~protocols.ocpp.link.OcppChargerLink` chargers and M
-          :class:`~protocols.modbus.link.ModbusBatteryLink` batteries. Once every asset is connected, each
-          step submits one SET_CHARGE_RATE per asset (``submit_many``, all due now) and waits until every
-          command is final. Latency per command: from the ``submit_many`` call to the COMMAND_COMPLETED
-          event, timed (``time.perf_counter``) in the event subscriber.
-``bare``  a plain asyncio program with no actors: its own OCPP central system (``ocpp`` + ``websockets``,
-          handlers for BootNotification, StatusNotification, Heartbeat and MeterValues) and one pymodbus
-          ``AsyncModbusTcpClient`` per battery. Each step sends the same SetChargingProfile (same payload
-          shape: TxDefaultProfile, W, Absolute) to every charger and the same write + read-back to every
-          battery, all at once; latency per command: from the start of the step to the verified answer.
-
-Both sides use the ``ocpp`` library's defaults (JSON-schema validation of every message); the simulators
-run with ``--no-validation`` in both phases. Figures: p50 / p99 / max over all steps, the first step
-on its own, and the ratio ours / bare. Targets: every command COMPLETED, p99 <= 1 s, ours <= 1.3x bare (p99).
+Figures per set-up: p50 / p99 / max latency over all steps and of the first step alone, the process's
+CPU time per step (``cpu_ms``) and its garbage-collector pauses per step (``gc_ms``, longest
+``gc_max_ms``); for ours also the ``submit_many`` time and the site's stop time. Targets: every command
+COMPLETED, p99 <= 1 s, ours <= 1.3x bare (p99).
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import asyncio
 import contextlib
 import gc
 import math
-import multiprocessing
 import re
 import signal
 import subprocess
@@ -274,6 +281,10 @@ class _SiteRig:
         self.sim: _SimProcess | None = None
         self.rec = _Recorder()
         self.held = 0
+        self.stuck: list[str] = []
+        self.disconnects: list[str] = []  # ASSET_DISCONNECTED events (a charger that dropped its connection)
+        self.stopped: float | None = None
+        self.lock = threading.Lock()
 
     def start(self, connect_timeout: float) -> dict[str, Any]:
         """Start the site and the charger simulator process; wait until every asset is connected."""
@@ -287,7 +298,7 @@ class _SiteRig:
             site.events.subscribe(et, self.rec.on_event)
         charger_set = set(self.chargers)
         online: set[str] = set()
-        lock = threading.Lock()
+        lock = self.lock
 
         def on_connected(event: Any) -> None:  # no charger can connect before its simulator starts
             aid = event.payload.get("asset_id")
@@ -295,6 +306,11 @@ class _SiteRig:
                 with lock:
                     online.add(aid)
         site.events.subscribe(EventType.ASSET_CONNECTED, on_connected)
+
+        def on_disconnected(event: Any) -> None:
+            with lock:
+                self.disconnects.append(f"{event.payload.get('asset_id')}: {event.payload.get('reason')}")
+        site.events.subscribe(EventType.ASSET_DISCONNECTED, on_disconnected)
         site.settle(timeout=30)  # every link started: its charge point id is known to the central system
         links = [site.device(aid) for aid in self.batteries]
         t_launch = time.perf_counter()
@@ -340,16 +356,26 @@ class _SiteRig:
         for c in cmds:
             status = final.get(c.command_id, ("NOT_FINAL", 0.0))[0]
             statuses[status] = statuses.get(status, 0) + 1
+            if status != "COMPLETED" and len(self.stuck) < 5:  # what the site says about it
+                snap = self.site.command(c.command_id)
+                self.stuck.append(f"{c.command_id}: {snap.status.value if snap else '?'} attempts="
+                                  f"{snap.attempts if snap else '?'} error={snap.last_error if snap else '?'}")
         self.site.settle(timeout=10)  # let the site finish its after-work before the other side's step
         return gcm.apply(_Step([t - t0 for status, t in final.values() if status == "COMPLETED"], statuses, cpu_s,
                                {"submit_s": submit_s}))
 
-    def stop(self) -> None:
+    def stop(self) -> float:
+        """Stop the charger simulator process, then the site. Idempotent; returns the site's stop time (s)."""
+        if self.stopped is not None:
+            return self.stopped
         try:
             if self.sim is not None:
                 self.sim.stop()
         finally:
+            t0 = time.perf_counter()
             self.site.stop()
+            self.stopped = time.perf_counter() - t0
+        return self.stopped
 
 
 # -------------------------------------------------------------------------- bare: no actors at all
@@ -571,72 +597,110 @@ class _BareRig:
                 await self.server.wait_closed()
 
 
-def _bare_worker(conn: Any, n_chargers: int, battery_ports: list[int], version: str, concurrency: int) -> None:
-    """Body of the bare process: runs a :class:`_BareRig` on requests from the parent's pipe."""
+def _bare_worker(argv: Sequence[str]) -> int:
+    """``python -m runtime.bench_fleet bare-worker '<json config>'``: the bare process. Runs a
+    :class:`_BareRig` on JSON-line requests on stdin, answers JSON lines on stdout; stops at "stop"
+    or when stdin closes (the parent is gone)."""
+    import json
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops this process in order
-    rig = _BareRig(n_chargers, battery_ports, version, concurrency)
+    cfg = json.loads(argv[0])
+    rig = _BareRig(int(cfg["chargers"]), [int(p) for p in cfg["ports"]], str(cfg["version"]), int(cfg["concurrency"]))
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stdout carries the answers only
     try:
-        while True:
+        for line in sys.stdin:
+            req = json.loads(line)
+            if req["op"] == "stop":
+                break
             try:
-                msg = conn.recv()
-            except (EOFError, OSError):  # the parent is gone
-                return
-            if msg[0] == "stop":
-                return
-            try:
-                if msg[0] == "start":
-                    conn.send(("ok", rig.start(msg[1])))
-                elif msg[0] == "step":
-                    conn.send(("ok", rig.step(msg[1], msg[2]).to_tuple()))
+                if req["op"] == "start":
+                    value: Any = rig.start(float(req["timeout"]))
+                elif req["op"] == "step":
+                    value = rig.step(int(req["k"]), float(req["timeout"])).to_tuple()
                 else:
-                    conn.send(("error", f"unknown request {msg[0]!r}"))
+                    raise ValueError(f"unknown request {req['op']!r}")
+                answer = {"ok": True, "value": value}
             except Exception as exc:
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
     finally:
         rig.stop()
-        conn.close()
+    return 0
 
 
 class _BareProcess:
-    """The bare program in its own process (its own heap, garbage collector and GIL, like the site's
-    process has), driven step by step over a pipe."""
+    """The bare program in its own process (its own heap, garbage collector and GIL, as the site has
+    its process), driven step by step through JSON lines on its stdin/stdout."""
 
     def __init__(self, n_chargers: int, battery_ports: list[int], version: str, concurrency: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_bare_worker, args=(child, n_chargers, battery_ports, version, concurrency),
-                                name="bench-fleet-bare", daemon=True)
-        self.proc.start()
-        child.close()
+        import json
+        import queue
 
-    def _ask(self, msg: tuple[Any, ...], timeout: float) -> Any:
-        self.conn.send(msg)
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"the bare process did not answer {msg[0]!r} within {timeout:g} s")
-        status, value = self.conn.recv()
-        if status != "ok":
-            raise RuntimeError(f"bare process: {value}")
-        return value
+        self._json = json
+        cfg = json.dumps({"chargers": n_chargers, "ports": battery_ports, "version": version,
+                          "concurrency": concurrency})
+        self.proc = subprocess.Popen([sys.executable, "-m", "runtime.bench_fleet", "bare-worker", cfg], cwd=_ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._answers: "queue.Queue[str | None]" = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="bench-bare-answers", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._answers.put(line)
+        self._answers.put(None)
+
+    def _ask(self, req: dict[str, Any], timeout: float) -> Any:
+        import queue
+
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(self._json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        try:
+            line = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"the bare process did not answer {req['op']!r} within {timeout:g} s") from None
+        if line is None:
+            raise RuntimeError(f"the bare process exited ({self.proc.poll()}) during {req['op']!r}")
+        answer = self._json.loads(line)
+        if not answer["ok"]:
+            raise RuntimeError(f"bare process: {answer['error']}")
+        return answer["value"]
 
     def start(self, connect_timeout: float) -> dict[str, Any]:
-        return self._ask(("start", connect_timeout), connect_timeout + 120)
+        return self._ask({"op": "start", "timeout": connect_timeout}, connect_timeout + 120)
 
     def step(self, k: int, timeout: float) -> _Step:
-        return _Step.from_tuple(self._ask(("step", k, timeout), timeout + 60))
+        return _Step.from_tuple(self._ask({"op": "step", "k": k, "timeout": timeout}, timeout + 60))
 
     def stop(self) -> None:
-        try:
-            self.conn.send(("stop",))
-        except (OSError, EOFError):
-            pass
-        self.proc.join(timeout=60)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=10)
-        if self.proc.is_alive():  # pragma: no cover - last resort
-            self.proc.kill()
-            self.proc.join(timeout=5)
-        self.conn.close()
+        """Ask the process to stop (it stops its charger simulators), wait; terminate, kill. Idempotent."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(self._json.dumps({"op": "stop"}) + "\n")
+                self.proc.stdin.close()
+            except (OSError, ValueError):  # already closed
+                pass
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+        self._reader.join(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -658,7 +722,7 @@ def _figures(steps: list[_Step], total: int) -> dict[str, Any]:
 
 
 def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str = "1.6", steps: int = 5,
-                    concurrency: int = 50, journal: bool = True, step_timeout: float = 60.0,
+                    concurrency: int = 50, journal: bool = True, step_timeout: float = 45.0,
                     connect_timeout: float | None = None) -> dict[str, Any]:
     """Run both measurements (see the module docstring) and return their figures.
 
@@ -694,10 +758,19 @@ def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str =
                                                                                         (ours, ours_steps))
             for rig, results in (first, second):
                 results.append(rig.step(k, step_timeout))
+        with ours.lock:
+            disconnects = list(ours.disconnects)  # during the steps; the stop below disconnects everything
+        bare.stop()
         r_ours = {**ours_setup, **_figures(ours_steps, total),
-                  "submit_ms": _mean([st.extra["submit_s"] * 1000.0 for st in ours_steps])}
+                  "submit_ms": _mean([st.extra["submit_s"] * 1000.0 for st in ours_steps]),
+                  "stop_s": round(ours.stop(), 2)}
         if ours.held:
             r_ours["held"] = ours.held
+        if ours.stuck:
+            r_ours["not_completed"] = ours.stuck
+        if disconnects:
+            r_ours["disconnects"] = len(disconnects)
+            r_ours["disconnected"] = disconnects[:3]
         r_bare = {**bare_setup, **_figures(bare_steps, total)}
 
     def ratio(key: str) -> float | None:
@@ -722,10 +795,10 @@ def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
         return
     ours, bare = r["ours"], r["bare"]
     shown = ("connect_s", "commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms",
-             "cpu_ms", "gc_ms", "gc_max_ms", "statuses")
+             "cpu_ms", "gc_ms", "gc_max_ms", "statuses", "held", "not_completed", "disconnects", "disconnected")
     _line(out, "fleet", {"chargers": r["chargers"], "batteries": r["batteries"], "ocpp": r["ocpp"], "steps": r["steps"],
                          "journal": r["journal"], **{k: ours[k] for k in shown if k in ours},
-                         "submit_ms": ours.get("submit_ms")},
+                         "submit_ms": ours.get("submit_ms"), "stop_s": ours.get("stop_s")},
           [("every command COMPLETED", bool(ours.get("all_completed"))),
            (f"p99 <= {TARGETS['p99_ms']:g} ms", ours.get("p99_ms") is not None and ours["p99_ms"] <= TARGETS["p99_ms"])])
     _line(out, "fleet bare", {**{k: bare[k] for k in shown if k in bare},
@@ -733,3 +806,11 @@ def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
           [("bare: every command answered", bool(bare.get("all_completed"))),
            (f"ours <= {TARGETS['ratio_p99']:g}x bare (p99)",
             r["ratio_p99"] is not None and r["ratio_p99"] <= TARGETS["ratio_p99"])])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "bare-worker":
+        sys.exit(_bare_worker(sys.argv[2:]))
+    print("usage: python -m runtime.bench_fleet bare-worker '<json config>' (started by the fleet bench)",
+          file=sys.stderr)
+    sys.exit(2)
