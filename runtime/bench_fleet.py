@@ -31,7 +31,7 @@ the fleet must connect within ``connect_timeout`` (an error names how many did),
 Figures per set-up: p50 / p99 / max latency over all steps and of the first step alone, the process's
 CPU time per step (``cpu_ms``) and its garbage-collector pauses per step (``gc_ms``, longest
 ``gc_max_ms``); for ours also the ``submit_many`` time and the site's stop time. Targets: every command
-COMPLETED, p99 <= 1 s, ours <= 1.3x bare (p99).
+COMPLETED, p99 <= 1 s, ours <= 1.3x bare (checked for p99 and for p50).
 """
 
 from __future__ import annotations
@@ -805,7 +805,9 @@ def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
                               "ratio_p50": r["ratio_p50"], "ratio_p99": r["ratio_p99"]},
           [("bare: every command answered", bool(bare.get("all_completed"))),
            (f"ours <= {TARGETS['ratio_p99']:g}x bare (p99)",
-            r["ratio_p99"] is not None and r["ratio_p99"] <= TARGETS["ratio_p99"])])
+            r["ratio_p99"] is not None and r["ratio_p99"] <= TARGETS["ratio_p99"]),
+           (f"ours <= {TARGETS['ratio_p99']:g}x bare (p50)",
+            r["ratio_p50"] is not None and r["ratio_p50"] <= TARGETS["ratio_p99"])])
 
 
 if __name__ == "__main__":
