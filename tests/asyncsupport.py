@@ -24,3 +24,23 @@ async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str =
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def read_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Evaluate ``fn`` on a simulator's I/O thread (``runtime.iothread.IOThread``): its state belongs there."""
+    async def read() -> Any:
+        return fn()
+    return io.call(read(), timeout)
+
+
+def until_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0, what: str = "simulator condition") -> Any:
+    """Poll a simulator fact on its I/O thread until it is truthy (bounded): simulators have no events
+    of their own to wait on."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        got = read_on(io, fn)
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)

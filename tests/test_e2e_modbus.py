@@ -31,6 +31,7 @@ from runtime.retry import RetryPolicy
 from runtime.site import Site
 
 from .test_e2e_ocpp import Recorder, in_order, wait_command
+from .asyncsupport import read_on, until_on
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
 
@@ -109,19 +110,11 @@ class Rig:
 
     # -- simulator side (its own loop) --
     def read(self, fn: Callable[[], Any]) -> Any:
-        async def read() -> Any:
-            return fn()
-        return self.io.call(read(), 5.0)
+        """Evaluate ``fn`` on the simulator's loop (its state belongs to that thread)."""
+        return read_on(self.io, fn)
 
     def until(self, fn: Callable[[], Any], timeout: float = 5.0, what: str = "simulator condition") -> Any:
-        """Poll a simulator fact (bounded): it has no events of its own to wait on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.read(fn)
-            if got:
-                return got
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-            time.sleep(0.01)
+        return until_on(self.io, fn, timeout, what)
 
     def setpoint(self, aid: str) -> float:
         return self.read(lambda: self.sims[aid].setpoint_kw)

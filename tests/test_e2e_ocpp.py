@@ -11,7 +11,6 @@ simulator facts are polled (bounded) on the simulator's own loop.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Iterable
 
 import pandas as pd
@@ -25,6 +24,7 @@ from runtime.events import Event, EventType
 from runtime.iothread import IOThread
 from runtime.retry import RetryPolicy
 from runtime.site import Site
+from .asyncsupport import read_on, until_on
 
 VERSIONS = ["1.6", "2.0.1"]
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
@@ -113,19 +113,10 @@ class Rig:
 
     def read(self, fn: Callable[[], Any]) -> Any:
         """Evaluate ``fn`` on the simulator's loop (its state belongs to that thread)."""
-        async def read() -> Any:
-            return fn()
-        return self.io.call(read(), 5.0)
+        return read_on(self.io, fn)
 
     def until(self, fn: Callable[[], Any], timeout: float = 5.0, what: str = "simulator condition") -> Any:
-        """Poll a simulator fact (bounded): it has no events of its own to wait on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.read(fn)
-            if got:
-                return got
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-            time.sleep(0.01)
+        return until_on(self.io, fn, timeout, what)
 
     def boot(self) -> ChargePointSim:
         assert self.sim is not None
