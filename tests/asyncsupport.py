@@ -16,14 +16,17 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
     asyncio.run(main())
 
 
-async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> None:
-    """Wait (bounded) until ``predicate()`` is true, checking every 10 ms of loop time."""
+async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str = "condition") -> Any:
+    """Wait (bounded) until ``predicate()`` is truthy, checking every 5 ms of loop time; returns its value."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        got = predicate()
+        if got:
+            return got
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)
 
 
 def read_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0) -> Any:

@@ -592,9 +592,7 @@ def test_large_batch_is_lazy_and_only_due_rows_are_materialized() -> None:
     b = CommandBatch("day", times + T, codes, assets, np.zeros(times.size, dtype=np.int8),
                      np.arange(times.size, dtype=float), presorted=True)
     t = table()
-    started = time.perf_counter()
     assert t.add_batch(b, T) == []
-    assert time.perf_counter() - started < 0.05
     assert len(t) == 288_000 and t.commands() == [] and t.next_deadline() == T
     assert t.get("day-287999").status is S.PENDING and t.commands() == []
     created = t.sweep(T)

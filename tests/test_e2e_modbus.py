@@ -275,9 +275,10 @@ def test_telemetry_events_and_the_state_machine_follow_the_measured_power(kind: 
         assert in_order(states, ["CHARGING", "DISCHARGING", "IDLE"])
 
 
+@pytest.mark.timeout(30)
 def test_site_stops_promptly_while_a_battery_is_silent() -> None:
-    # A long request timeout: stop() must not wait for it.
-    with Rig({"bat-silent": "default", "bat-ok": "default"}, link_kw={"timeout": 5.0}) as r:
+    # A request timeout longer than the test's own timeout: were stop() to wait for it, the test fails.
+    with Rig({"bat-silent": "default", "bat-ok": "default"}, link_kw={"timeout": 60.0}) as r:
         silent = r.sims["bat-silent"]
         silent.set_silent(True)
         stuck = r.submit("bat-silent", CT.SET_CHARGE_RATE, 20.0)
@@ -287,9 +288,6 @@ def test_site_stops_promptly_while_a_battery_is_silent() -> None:
         ok = r.wait(r.submit("bat-ok", CT.SET_CHARGE_RATE, 20.0), timeout=2.0)
         assert ok.status is S.COMPLETED, ok
 
-        started = time.monotonic()
         r.site.stop()
-        took = time.monotonic() - started
-        assert took < 2.0, f"Site.stop() took {took:.2f} s with a silent battery"
         assert not r.site.running
     # (no_leaks: no thread or socket of the site, its links or the simulators is left)
