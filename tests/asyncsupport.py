@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Awaitable, Callable
 
 
@@ -36,14 +37,18 @@ def read_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
     return io.call(read(), timeout)
 
 
-def until_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0, what: str = "simulator condition") -> Any:
-    """Poll a simulator fact on its I/O thread until it is truthy (bounded): simulators have no events
-    of their own to wait on."""
-    import time
+def wait_until(fn: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``fn`` from a plain thread until it is truthy (bounded, every 10 ms); returns its value."""
     deadline = time.monotonic() + timeout
     while True:
-        got = read_on(io, fn)
+        got = fn()
         if got:
             return got
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.01)
+
+
+def until_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0, what: str = "simulator condition") -> Any:
+    """Poll a simulator fact on its I/O thread until it is truthy (bounded): simulators have no events
+    of their own to wait on."""
+    return wait_until(lambda: read_on(io, fn), timeout, what)

@@ -17,16 +17,14 @@ from runtime.iothread import IOThread
 from runtime.site import Site
 
 from .conftest import T0
+from .asyncsupport import wait_until
 from .test_modbus_link import CUSTOM
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]
 
 
 def until(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    return wait_until(pred, timeout, what)
 
 
 def test_site_drives_modbus_batteries_end_to_end():
