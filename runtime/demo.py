@@ -34,6 +34,12 @@ def demo_schedule() -> pd.DataFrame:
 
 def _printer(out: TextIO, start: float) -> Callable[[Event], None]:
     def show(event: Event) -> None:
+        try:
+            _show(event)
+        except BrokenPipeError:  # the reader went away (piped into `head`): nothing more to print
+            pass
+
+    def _show(event: Event) -> None:
         p = event.payload
         t = f"+{event.timestamp.timestamp() - start:6.0f}s"
         if event.type is EventType.STATE_CHANGED:
