@@ -151,10 +151,10 @@ class AssetActor(pykka.ThreadingActor):
         self._in_flight.clear()
         if not self._io.running:
             return
-        fut = self._io.submit(self.link.stop())
+        stopping = self._io.submit(self.link.stop())
         if block:
             try:
-                fut.result(timeout=5)
+                stopping.result(timeout=5)
             except Exception:
                 log.exception("%s: stopping the device link failed", self.spec.asset_id)
 

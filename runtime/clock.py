@@ -168,7 +168,7 @@ class VirtualClock(Clock):
         self._heap: list[TimerHandle] = []
         self._lock = threading.Lock()
         self._stopped = False
-        self.on_fire: Callable[[], None] | None = None
+        self.on_fire: Callable[[], object] | None = None
 
     @property
     def is_virtual(self) -> bool:

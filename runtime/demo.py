@@ -60,9 +60,7 @@ def run_demo(out: TextIO | None = None) -> int:
     assets = [ChargerSpec("ev-1", max_kw=22.0), ChargerSpec("ev-2", max_kw=11.0),
               BatterySpec("bat-1", max_charge_kw=50.0, max_discharge_kw=50.0, capacity_kwh=100.0)]
     with Site(assets, clock=clock) as site:
-        done = []
         site.events.subscribe(None, _printer(out, START.timestamp()))
-        site.events.subscribe(EventType.COMMAND_COMPLETED, done.append)
         batch = site.submit_schedule(demo_schedule(), asset_map={"ev_001": "ev-1", "ev_002": "ev-2",
                                                                   "battery": "bat-1"})
         site.advance(10 * 60)
