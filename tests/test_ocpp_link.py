@@ -318,7 +318,8 @@ def test_remote_start_and_stop_report_progress(version: str) -> None:
         async with Rig(version) as r:
             sim = await r.boot()
             stop_none = await r.link.execute(cmd(CommandType.STOP_CHARGING))
-            assert stop_none.outcome is Outcome.REJECTED and stop_none.reason == "no transaction running"
+            # FAILED (retryable), not REJECTED: the charger may still announce a transaction (site restart)
+            assert stop_none.outcome is Outcome.FAILED and stop_none.reason == "no transaction known for connector 1"
             start = cmd(CommandType.START_CHARGING)
             res = await r.link.execute(start)
             assert res.outcome in (Outcome.ACKNOWLEDGED, Outcome.COMPLETED), res
@@ -424,4 +425,209 @@ def test_charger_reconnecting_after_a_site_restart_is_online_without_booting(ver
             assert r.of(LinkUp)[0] == LinkUp(rebooted=True, reason="reconnected")
             assert r.sim.boots == 0
             assert (await r.link.execute(cmd(CommandType.SET_CHARGE_RATE, 7))).outcome is Outcome.COMPLETED
+    run(body)
+
+
+# ---- site restart while a charger is charging; the StartTransaction race ------------------------------
+
+class Site:
+    """A central system + link that can be restarted on the same port (a site restart) while the
+    simulator keeps running (and reconnects by itself, without a BootNotification)."""
+
+    def __init__(self) -> None:
+        self.clock = RealClock()
+        self.port = 0
+        self.cs: CentralSystem | None = None
+        self.link: OcppChargerLink | None = None
+        self.events: list[Any] = []
+
+    async def start(self) -> None:
+        self.cs = CentralSystem("127.0.0.1", self.port, response_timeout=2.0, reconnect_grace=0.3)
+        await self.cs.start()
+        self.port = self.cs.port
+        self.events = []
+        self.link = OcppChargerLink("CP1", call_timeout=1.0)
+        await self.link.start(DeviceContext(asyncio.get_running_loop(), self.clock, {"ocpp": self.cs}),
+                              self.events.append)
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            await self.link.stop()
+        if self.cs is not None:
+            await self.cs.stop()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def record(self) -> Any:
+        assert self.cs is not None
+        return self.cs.charge_point("CP1")
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+async def _announce_transaction(sim: ChargePointSim) -> None:
+    """What a charger sends on its own while charging: MeterValues with the transactionId (1.6), a
+    TransactionEvent Updated naming its EVSE (2.0.1)."""
+    if sim.version == "1.6":
+        await sim.send_meter_values()
+    else:
+        await sim._send_triggered_transaction_event()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_site_restart_while_charging_learns_the_running_transaction(version: str) -> None:
+    async def body() -> None:
+        site = Site()
+        await site.start()
+        sim = ChargePointSim("CP1", site.cs.url, version, meter_interval=0, response_timeout=2.0,  # type: ignore[union-attr]
+                             auto_reconnect=True)
+        try:
+            await sim.start()
+            await settle(lambda: site.of(LinkUp), what="LinkUp")
+            old_tx = await sim.start_transaction()
+            await settle(lambda: site.record().transactions == {1: old_tx}, what="transaction recorded")
+            if version == "1.6":
+                assert isinstance(old_tx, int) and old_tx > 1  # not a counter that restarts at 1
+
+            await site.restart()  # the charger keeps charging and reconnects without booting
+            await settle(lambda: site.of(LinkUp), timeout=8, what="LinkUp after the site restart")
+            assert site.of(LinkUp)[0] == LinkUp(rebooted=True, reason="reconnected")
+            # No periodic MeterValues (meter_interval=0): the triggers make it re-announce the transaction.
+            await settle(lambda: site.record().transactions == {1: old_tx}, what="transaction learned again")
+            expected = ["MeterValues", "StatusNotification"] if version == "1.6" else ["TransactionEvent"]
+            triggered = await settle(lambda: [c.payload["requested_message"] for c in sim.calls_of("TriggerMessage")
+                                              if len(sim.calls_of("TriggerMessage")) >= len(expected)],
+                                     what="every trigger")
+            assert triggered == expected
+            assert sim.boots == 1 and sim.transaction_id == old_tx
+
+            rate = await site.link.execute(cmd(CommandType.SET_CHARGE_RATE, 7))  # type: ignore[union-attr]
+            assert rate.outcome is Outcome.COMPLETED, rate
+            assert rate.detail["purpose"] == "TxProfile" and str(rate.detail["transaction_id"]) == str(old_tx)
+            assert sim.limit_w == 7000
+
+            stop = cmd(CommandType.STOP_CHARGING)
+            res = await site.link.execute(stop)  # type: ignore[union-attr]
+            assert res.outcome in (Outcome.ACKNOWLEDGED, Outcome.COMPLETED), res
+            if res.outcome is Outcome.ACKNOWLEDGED:
+                await settle(lambda: CommandProgress(stop.command_id, Outcome.COMPLETED) in site.events,
+                             what="stop progress")
+            assert sim.transaction_id is None and sim.power_kw == 0
+            await settle(lambda: not site.record().transactions, what="transaction ended")
+
+            if version == "1.6":  # a new transaction after the restart gets an id never used before
+                new_tx = await sim.start_transaction()
+                assert new_tx != old_tx and new_tx > old_tx
+                await settle(lambda: site.record().transactions == {1: new_tx}, what="new transaction")
+        finally:
+            await sim.stop()
+            await site.stop()
+            site.clock.stop()
+    run(body, timeout=20)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stop_without_a_known_transaction_fails_and_a_retry_succeeds_once_it_is_announced(version: str) -> None:
+    async def body() -> None:
+        site = Site()
+        await site.start()
+        sim = ChargePointSim("CP1", site.cs.url, version, meter_interval=0, response_timeout=2.0,  # type: ignore[union-attr]
+                             auto_reconnect=True)
+        try:
+            await sim.start()
+            await settle(lambda: site.of(LinkUp), what="LinkUp")
+            tx = await sim.start_transaction()
+            sim.set_call_error(True)  # it answers the triggers (and everything else) with a CallError
+            await site.restart()
+            await settle(lambda: site.of(LinkUp), timeout=8, what="LinkUp after the site restart")
+            await settle(lambda: len(sim.calls_of("TriggerMessage")) == (2 if version == "1.6" else 1),
+                         what="triggers tried")
+            assert not site.record().transactions
+            first = await site.link.execute(cmd(CommandType.STOP_CHARGING))  # type: ignore[union-attr]
+            assert first.outcome is Outcome.FAILED and first.reason == "no transaction known for connector 1"
+            assert sim.transaction_id == tx
+
+            sim.set_call_error(False)
+            await _announce_transaction(sim)
+            await settle(lambda: site.record().transactions == {1: tx}, what="transaction learned")
+            retry = cmd(CommandType.STOP_CHARGING)
+            res = await site.link.execute(retry)  # type: ignore[union-attr]
+            assert res.outcome in (Outcome.ACKNOWLEDGED, Outcome.COMPLETED), res
+            await settle(lambda: sim.transaction_id is None, what="the charger stopped")
+        finally:
+            await sim.stop()
+            await site.stop()
+            site.clock.stop()
+    run(body, timeout=20)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_late_message_of_an_ended_transaction_does_not_bring_it_back(version: str) -> None:
+    async def body() -> None:
+        async with Rig(version) as r:
+            sim = await r.boot()
+            tx = await sim.start_transaction()
+            await settle(lambda: r.cs.charge_point("CP1").transactions == {1: tx}, what="transaction recorded")
+            await sim.stop_transaction()
+            await settle(lambda: not r.cs.charge_point("CP1").transactions, what="transaction ended")
+            sim.transaction_id = tx  # a queued message naming the ended transaction arrives late
+            await _announce_transaction(sim)
+            sim.transaction_id = None
+            await sim.send_meter_values()  # a later message: the late one was handled before it
+            assert not r.cs.charge_point("CP1").transactions
+    run(body)
+
+
+def test_charge_rate_sent_as_soon_as_a_16_transaction_is_recorded_reaches_the_charger_after_its_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocols.ocpp import central_system
+
+    send = central_system._ChargePoint16Conn._send
+
+    async def slow_answers(self: Any, message: str) -> None:
+        # The central system's answers leave a few loop turns late (a busy socket): a transaction recorded
+        # before its StartTransaction answer went out would let the TxProfile overtake that answer.
+        if message.startswith("[3"):
+            for _ in range(5):
+                await asyncio.sleep(0)
+        await send(self, message)
+
+    monkeypatch.setattr(central_system._ChargePoint16Conn, "_send", slow_answers)
+
+    async def body() -> None:
+        async with Rig("1.6") as r:
+            sim = await r.boot()
+            rec = r.cs.charge_point("CP1")
+            seen: list[tuple[Any, Any, Any]] = []
+            receive = sim._receive
+
+            async def spy(action: str, **kw: Any) -> None:
+                if action == "SetChargingProfile":
+                    p = kw["cs_charging_profiles"]
+                    seen.append((sim.transaction_id, p["charging_profile_purpose"], p.get("transaction_id")))
+                await receive(action, **kw)
+
+            sim._receive = spy  # type: ignore[method-assign]
+            ids = []
+            for i in range(5):
+                async def rate_when_recorded() -> Any:
+                    while not rec.transactions:
+                        await asyncio.sleep(0)
+                    return await r.link.execute(cmd(CommandType.SET_CHARGE_RATE, 7 + i))
+
+                task = asyncio.create_task(rate_when_recorded())
+                tx = await sim.start_transaction()
+                res = await task
+                assert res.outcome is Outcome.COMPLETED, res
+                assert res.detail["purpose"] == "TxProfile" and res.detail["transaction_id"] == tx
+                # the charger knew the transaction when the profile arrived, and accepted it
+                assert seen[-1] == (tx, "TxProfile", tx)
+                assert sim.limit_w == (7 + i) * 1000
+                await sim.stop_transaction()
+                await settle(lambda: not rec.transactions, what="transaction ended")
+                ids.append(tx)
+            assert len(set(ids)) == 5
     run(body)

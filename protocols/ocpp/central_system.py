@@ -24,7 +24,20 @@ or GetVariables ``SmartChargingCtrlr.RateUnit`` (2.0.1); "W" when the charger do
 
 A charge point that reconnects without a BootNotification (a network loss, or the site restarted) is
 online at its first message, or ``reconnect_grace`` seconds after connecting, if it was accepted
-before or its id is known.
+before or its id is known. Such a charger may still be charging in a transaction this central system
+does not know (it started before the site restarted), so the central system then asks it, best
+effort, to re-announce its state: 1.6 TriggerMessage(MeterValues) and TriggerMessage(StatusNotification)
+(MeterValues of a running transaction carry its ``transactionId``), 2.0.1
+TriggerMessage(TransactionEvent) (a TransactionEvent Updated per running transaction). A running
+transaction is learned from those messages (and from any later 1.6 MeterValues with a
+``transactionId`` / 2.0.1 TransactionEvent naming its EVSE), reported as a ``TransactionStarted``.
+
+1.6 transaction ids are assigned by the central system. They start at the current Unix time in
+seconds (and above any id this process already gave out), not at 1, so that a restarted central system
+does not hand out the id of a transaction still running from before the restart. Ids would only repeat
+if an earlier run gave out more ids than seconds passed since it started (more than one transaction
+per second on average); they stay below 2**31 until 2038. A new 1.6 transaction is recorded after the
+StartTransaction answer went out, so no call naming it (a TxProfile) can reach the charger before the id.
 
 A BootNotification is answered Accepted for a *known* id (one with a registered listener, or listed
 in ``allow_ids`` or ``basic_auth``) and ``unknown_boot`` ("Accepted" or "Pending") for any other id.
@@ -45,6 +58,7 @@ import hmac
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -192,6 +206,8 @@ class ChargePointRecord:
     rate_unit: str = "W"                  #: charging rate unit for profiles: "W" or "A"
     rate_unit_known: bool = False         #: the charger told us (else "W" is an assumption)
     transactions: dict[int, int | str] = field(default_factory=dict)
+    #: ids of the latest ended transactions (a late message naming one does not bring it back)
+    ended_transactions: list[str] = field(default_factory=list)
     statuses: dict[int, str] = field(default_factory=dict)        #: last StatusNotification status per connector
     states: dict[int, tuple[str, str]] = field(default_factory=dict)  #: last (state, raw value) per connector
     charging_states: dict[int, str] = field(default_factory=dict)  #: 2.0.1 chargingState per EVSE
@@ -211,8 +227,19 @@ class ChargePointRecord:
                 return conn
         return None
 
+    def transaction_ended(self, transaction_id: int | str | None) -> None:
+        """Remember that ``transaction_id`` ended (the latest 32 are kept)."""
+        if transaction_id is None:
+            return
+        self.ended_transactions.append(str(transaction_id))
+        del self.ended_transactions[:-32]
+
+    def has_ended(self, transaction_id: int | str) -> bool:
+        return str(transaction_id) in self.ended_transactions
+
 
 _CLOSED = object()  # put into a connection's response queue when it closes
+_last_transaction_id = 0  # the highest 1.6 transaction id any CentralSystem of this process gave out
 
 
 class _Connection:
@@ -313,6 +340,11 @@ class _Connection:
         self._on_traffic()
 
     async def _announce(self, reason: str, read_unit: bool) -> None:
+        if reason == "reconnected":
+            # It did not boot, so it may still be charging in a transaction we do not know (the site
+            # restarted) or that changed while it was away: ask it to tell (in its own task; the
+            # triggers go out before the rate unit query, so their answers usually precede ChargerOnline).
+            self.spawn(self._resync(), "resync")
         if read_unit:
             await self._read_rate_unit()
         rec = self._record
@@ -350,6 +382,26 @@ class _Connection:
     async def _query_rate_unit(self) -> str | None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _resync_triggers(self) -> list[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def _resync(self) -> None:
+        """Best effort: TriggerMessage for each message that re-announces the charger's transactions and
+        status. Refusals, CallErrors (NotSupported/NotImplemented) and timeouts are logged and ignored."""
+        for payload in self._resync_triggers():
+            if self._closed:
+                return
+            try:
+                res = await asyncio.wait_for(self.call(payload, suppress=False), self._cs.response_timeout)
+            except (ConnectionClosed, ChargerNotConnected):
+                return
+            except Exception as exc:  # noqa: BLE001 - CallError, timeout, invalid answer: best effort
+                log.info("charge point %s: TriggerMessage(%s) failed (%s); ignored", self.id,  # type: ignore[attr-defined]
+                         payload.requested_message, exc or type(exc).__name__)
+                continue
+            log.debug("charge point %s: TriggerMessage(%s) answered %s", self.id,  # type: ignore[attr-defined]
+                      payload.requested_message, res.status)
+
     async def _trigger_boot(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -374,6 +426,18 @@ class _Connection:
         if power is None and energy is None:
             return
         self._cs._emit(self.id, MeterReading(self.id, connector, power, energy, transaction_id))  # type: ignore[attr-defined]
+
+    def _learn_transaction(self, connector: int, transaction_id: int | str) -> None:
+        """A message names a running transaction on ``connector`` (1.6 MeterValues): record it if it is
+        new (e.g. it started before the site restarted) and report it as started. An id that ended
+        here (a late, queued message) is ignored."""
+        rec = self._record
+        if rec.transactions.get(connector) == transaction_id or rec.has_ended(transaction_id):
+            return
+        rec.transactions[connector] = transaction_id
+        log.info("charge point %s: transaction %s on connector %s learned from its messages", self.id,  # type: ignore[attr-defined]
+                 transaction_id, connector)
+        self._cs._emit(self.id, TransactionStarted(self.id, connector, transaction_id))  # type: ignore[attr-defined]
 
 
 class _ChargePoint16Conn(_Connection, _ChargePoint16):
@@ -421,21 +485,26 @@ class _ChargePoint16Conn(_Connection, _ChargePoint16):
         self._on_traffic()
         return result16.Authorize(id_tag_info={"status": "Accepted"})
 
+    def _resync_triggers(self) -> list[Any]:
+        return [call16.TriggerMessage(requested_message="MeterValues"),
+                call16.TriggerMessage(requested_message="StatusNotification")]
+
     @on(Action16.start_transaction)
     def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
                              **_: Any) -> Any:
         self._on_traffic()
         tx = self._cs._next_transaction_id()
-        self._record.transactions[connector_id] = tx
         self._started = (connector_id, tx, id_tag)
         return result16.StartTransaction(transaction_id=tx, id_tag_info={"status": "Accepted"})
 
     @after(Action16.start_transaction)
     def after_start_transaction(self, **_: Any) -> None:
-        # Told after the answer went out, so a TxProfile for this transaction cannot overtake it.
+        # Recorded (and told) only after the answer went out: a command that sees the transaction in the
+        # record sends its TxProfile after the charger got the id, never before.
         if self._started is not None:
             connector_id, tx, id_tag = self._started
             self._started = None
+            self._record.transactions[connector_id] = tx
             self._cs._emit(self.id, TransactionStarted(self.id, connector_id, tx, id_tag))
 
     @on(Action16.stop_transaction)
@@ -443,6 +512,7 @@ class _ChargePoint16Conn(_Connection, _ChargePoint16):
                             id_tag: str | None = None, transaction_data: list[Any] | None = None, **_: Any) -> Any:
         self._on_traffic()
         connector = self._record.connector_of(transaction_id)
+        self._record.transaction_ended(transaction_id)
         if connector is not None:
             del self._record.transactions[connector]
             if transaction_data:
@@ -456,6 +526,8 @@ class _ChargePoint16Conn(_Connection, _ChargePoint16):
     def on_meter_values(self, connector_id: int, meter_value: list[Any], transaction_id: int | None = None,
                         **_: Any) -> Any:
         self._on_traffic()
+        if transaction_id is not None and connector_id > 0:
+            self._learn_transaction(connector_id, transaction_id)
         self._meter(connector_id, meter_value, transaction_id)
         return result16.MeterValues()
 
@@ -480,6 +552,9 @@ class _ChargePoint201Conn(_Connection, _ChargePoint201):
     async def _trigger_boot(self) -> None:
         res = await self.call(call201.TriggerMessage(requested_message="BootNotification"), suppress=False)
         log.info("charge point %s: TriggerMessage(BootNotification) answered %s", self.id, res.status)
+
+    def _resync_triggers(self) -> list[Any]:
+        return [call201.TriggerMessage(requested_message="TransactionEvent")]
 
     @on(Action201.boot_notification)
     def on_boot_notification(self, **payload: Any) -> Any:
@@ -523,10 +598,17 @@ class _ChargePoint201Conn(_Connection, _ChargePoint201):
         if evse_id is None:
             evse_id = rec.connector_of(tx)
         charging_state = transaction_info.get("charging_state")
+        if event_type == "Ended":
+            rec.transaction_ended(tx)
+        elif evse_id is not None and rec.has_ended(tx):  # a late (queued) message of an ended transaction
+            log.info("charge point %s: ignoring a %s TransactionEvent of ended transaction %s", self.id,
+                     event_type, tx)
+            evse_id = None
         if evse_id is not None:
             if event_type == "Ended":
-                rec.transactions.pop(evse_id, None)
-                rec.charging_states.pop(evse_id, None)
+                if str(rec.transactions.get(evse_id)) == str(tx):
+                    rec.transactions.pop(evse_id, None)
+                    rec.charging_states.pop(evse_id, None)
             else:
                 new = rec.transactions.get(evse_id) != tx
                 rec.transactions[evse_id] = tx
@@ -615,7 +697,9 @@ class CentralSystem:
         self._records: dict[str, ChargePointRecord] = {}
         self._listeners: dict[str, list[OcppListener]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._tx_ids = itertools.count(1)
+        # Not 1: a restarted central system must not reuse the id of a transaction still running (see
+        # the module docstring); above the ids this process gave out before (a site restarted in-process).
+        self._tx_ids = itertools.count(max(int(time.time()), _last_transaction_id + 1))
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @property
@@ -715,7 +799,10 @@ class CentralSystem:
         return "Accepted" if self._is_known(cp_id) else self.unknown_boot
 
     def _next_transaction_id(self) -> int:
-        return next(self._tx_ids)
+        global _last_transaction_id
+        tx = next(self._tx_ids)
+        _last_transaction_id = max(_last_transaction_id, tx)
+        return tx
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]

@@ -40,6 +40,11 @@ would delete the default for the next transaction). ``profile_kind`` "Absolute" 
 schedule at the command's scheduled time or now, whichever is earlier, truncated to the second;
 "Relative" sends no ``startSchedule``.
 
+STOP_CHARGING while no transaction is known on the connector/EVSE -> FAILED ("no transaction known for
+connector N"; retryable: after a site restart the central system learns a running transaction from the
+charger's next MeterValues / TransactionEvent). A 1.6 transaction is in the record only once the
+StartTransaction answer went out, so a TxProfile never reaches the charger before its transaction id.
+
 Answers: Accepted -> COMPLETED (START/STOP: ACKNOWLEDGED, completed later; CHANGE_AVAILABILITY
 Scheduled -> ACKNOWLEDGED); Rejected / NotSupported -> REJECTED with the charger's status and
 statusInfo; a CallError -> FAILED with its code and description (NotImplemented / NotSupported ->
@@ -368,7 +373,9 @@ class OcppChargerLink(DeviceLink):
         target = self._connector(rec)
         tx = rec.transaction_on(target)
         if tx is None:
-            return DeviceResult(Outcome.REJECTED, "no transaction running", {"target": target})
+            # FAILED (retryable), not REJECTED: after a site restart a charger may still be charging in a
+            # transaction the central system learns only from its next messages (see central_system).
+            return DeviceResult(Outcome.FAILED, f"no transaction known for connector {target}", {"target": target})
         if rec.version == "2.0.1":
             payload: Any = call201.RequestStopTransaction(transaction_id=str(tx))
             action = "RequestStopTransaction"

@@ -19,6 +19,12 @@ of its version (and HTTP Basic auth when given a password), boots, reports its s
   (answer every call late), ``set_reject_profiles(True)``, ``set_call_error(True)`` (answer every
   call with a CallError InternalError).
 
+It answers TriggerMessage for BootNotification, StatusNotification, MeterValues (1.6: with the
+running ``transactionId``), Heartbeat and (2.0.1) TransactionEvent (an Updated event naming its EVSE;
+Rejected when no transaction runs), sending the message after the answer. 1.6: the transaction id is
+taken from the StartTransaction answer in the receive loop, so a TxProfile right behind that answer
+finds it (no handler waits).
+
 Every call it receives is recorded in :attr:`ChargePointSim.calls` (action and snake_case payload).
 
 ``run_fleet``/``start_fleet`` run many simulators in one process; ``main(argv)`` is the
@@ -41,6 +47,7 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
 from urllib.parse import quote
 
 from ocpp.exceptions import InternalError
+from ocpp.messages import MessageType, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call as call16
@@ -137,12 +144,21 @@ class _SimCP16(_SimCP, _ChargePoint16):
         _ChargePoint16.__init__(self, cp_id, ws, response_timeout=sim.response_timeout, logger=WIRE_LOG)
         self._init_sim(sim)
 
+    async def route_message(self, raw_msg: Any) -> None:
+        # Like a real charger, take the transaction id from the StartTransaction answer as it is received
+        # (in the receive loop), before handling the next message: a TxProfile the central system sends
+        # right after that answer must find the transaction known, without waiting in its @on handler.
+        uid = self.sim._start_uid
+        if uid is not None and isinstance(raw_msg, str) and uid in raw_msg:
+            self.sim._start_answer(raw_msg, uid)
+        await super().route_message(raw_msg)
+
     @on(Action16.set_charging_profile)
     async def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: Mapping[str, Any]) -> Any:
         await self.sim._receive("SetChargingProfile", connector_id=connector_id,
                                 cs_charging_profiles=cs_charging_profiles)
         p = cs_charging_profiles
-        status, _why = await self.sim._set_profile(
+        status, _why = self.sim._set_profile(
             profile_id=int(p["charging_profile_id"]), purpose=str(p["charging_profile_purpose"]),
             stack_level=int(p.get("stack_level", 0)), schedule=p["charging_schedule"],
             transaction_id=p.get("transaction_id"))
@@ -246,7 +262,7 @@ class _SimCP201(_SimCP, _ChargePoint201):
         await self.sim._receive("SetChargingProfile", evse_id=evse_id, charging_profile=charging_profile, **kw)
         p = charging_profile
         schedules = p.get("charging_schedule") or [{}]
-        status, why = await self.sim._set_profile(
+        status, why = self.sim._set_profile(
             profile_id=int(p["id"]), purpose=str(p["charging_profile_purpose"]),
             stack_level=int(p.get("stack_level", 0)), schedule=schedules[0], transaction_id=p.get("transaction_id"))
         if status == "Accepted":
@@ -347,6 +363,8 @@ class _SimCP201(_SimCP, _ChargePoint201):
     @on(Action201.trigger_message)
     async def on_trigger_message(self, requested_message: str, **kw: Any) -> Any:
         await self.sim._receive("TriggerMessage", requested_message=requested_message, **kw)
+        if requested_message == "TransactionEvent" and self.sim.transaction_id is None:
+            return result201.TriggerMessage(status="Rejected")  # no transaction to report
         fn = self.sim._trigger(requested_message)
         self._then(fn)
         return result201.TriggerMessage(status="Accepted" if fn is not None else "NotImplemented")
@@ -423,7 +441,7 @@ class ChargePointSim:
         self._power_w = 0.0
         self._conn: _Conn | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._starting: asyncio.Future[Any] | None = None
+        self._start_uid: str | None = None  # unique id of the 1.6 StartTransaction call awaiting its answer
         self._stopping = False
         self._dropping = False
         self.registered = asyncio.Event()
@@ -577,11 +595,12 @@ class ChargePointSim:
                 log.info("sim %s: reconnect failed (%s); retrying in %.1f s", self.cp_id, exc, min(delay * 2, 10))
                 delay = min(delay * 2, 10.0)
 
-    async def _call(self, payload: Any) -> Any:
+    async def _call(self, payload: Any, unique_id: str | None = None) -> Any:
         conn = self._conn
         if conn is None or conn.closed:
             raise SimNotConnected(f"sim {self.cp_id} is not connected")
-        return await conn.cp.call(payload, suppress=False, skip_schema_validation=not self.validate)
+        return await conn.cp.call(payload, suppress=False, unique_id=unique_id,
+                                  skip_schema_validation=not self.validate)
 
     async def _boot(self, reason: str) -> None:
         res = await self._boot_once(reason)
@@ -718,15 +737,16 @@ class ChargePointSim:
         if self.version == "1.6":
             if not remote:
                 await self._call(call16.Authorize(id_tag=tag))
-            self._starting = asyncio.get_running_loop().create_future()
+            uid = self._start_uid = str(uuid.uuid4())
             try:
                 res = await self._call(call16.StartTransaction(
-                    connector_id=self.connector_id, id_tag=tag, meter_start=int(self.energy_wh), timestamp=_now_iso()))
-                self.transaction_id = int(res.transaction_id)
+                    connector_id=self.connector_id, id_tag=tag, meter_start=int(self.energy_wh), timestamp=_now_iso()),
+                    unique_id=uid)
             finally:
-                if not self._starting.done():
-                    self._starting.set_result(None)
-                self._starting = None
+                self._start_uid = None
+            if self.transaction_id is None:  # (normally already taken from the answer by the receive loop)
+                self._integrate()
+                self.transaction_id = int(res.transaction_id)
             self._last_status = None
             await self._after_power_change()
         else:
@@ -799,26 +819,26 @@ class ChargePointSim:
         self._energy_at = now
         self._power_w = self.power_kw * 1000.0
 
-    def _meter_value(self) -> dict[str, Any]:
+    def _meter_value(self, context: str = "Sample.Periodic") -> dict[str, Any]:
         self._integrate()
         power, energy = round(self._power_w, 1), round(self.energy_wh, 1)
         if self.version == "1.6":
             samples = [
-                {"value": f"{power:.1f}", "measurand": "Power.Active.Import", "unit": "W", "context": "Sample.Periodic"},
+                {"value": f"{power:.1f}", "measurand": "Power.Active.Import", "unit": "W", "context": context},
                 {"value": f"{energy:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh",
-                 "context": "Sample.Periodic"},
+                 "context": context},
             ]
         else:
             samples = [
                 {"value": power, "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"},
-                 "context": "Sample.Periodic"},
+                 "context": context},
                 {"value": energy, "measurand": "Energy.Active.Import.Register", "unit_of_measure": {"unit": "Wh"},
-                 "context": "Sample.Periodic"},
+                 "context": context},
             ]
         return {"timestamp": _now_iso(), "sampled_value": samples}
 
-    async def send_meter_values(self) -> None:
-        mv = self._meter_value()
+    async def send_meter_values(self, context: str = "Sample.Periodic") -> None:
+        mv = self._meter_value(context)
         if self.version == "1.6":
             await self._call(call16.MeterValues(connector_id=self.connector_id, meter_value=[mv],
                                                 transaction_id=self.transaction_id))
@@ -860,6 +880,17 @@ class ChargePointSim:
                 transaction_info={"transaction_id": str(self.transaction_id), "charging_state": cs},
                 meter_value=[self._meter_value()]))
 
+    async def _send_triggered_transaction_event(self) -> None:
+        """2.0.1 answer to TriggerMessage(TransactionEvent): an Updated event (with its EVSE) for the
+        running transaction."""
+        if self.transaction_id is None:
+            return
+        await self._call(call201.TransactionEvent(
+            event_type="Updated", timestamp=_now_iso(), trigger_reason="Trigger", seq_no=next(self._seq),
+            transaction_info={"transaction_id": str(self.transaction_id), "charging_state": self.charging_state},
+            evse={"id": self.connector_id, "connector_id": 1}, meter_value=[self._meter_value("Trigger")]))
+        self._mark_charging_state_sent()
+
     async def _after_power_change(self) -> None:
         await self._send_status()
         await self.send_meter_values()
@@ -886,8 +917,21 @@ class ChargePointSim:
     def _accepts(self, unit: str) -> bool:
         return unit in self.accepted_unit.split(",")
 
-    async def _set_profile(self, *, profile_id: int, purpose: str, stack_level: int, schedule: Mapping[str, Any],
-                           transaction_id: Any) -> tuple[str, str | None]:
+    def _start_answer(self, raw_msg: str, uid: str) -> None:
+        """1.6: the receive loop got a message that may be the answer to StartTransaction ``uid``."""
+        try:
+            msg = unpack(raw_msg)
+        except Exception:  # noqa: BLE001 - the library logs unparsable messages
+            return
+        if msg.message_type_id != MessageType.CallResult or msg.unique_id != uid or self.transaction_id is not None:
+            return
+        tx = msg.payload.get("transactionId") if isinstance(msg.payload, Mapping) else None
+        if isinstance(tx, int) and not isinstance(tx, bool):
+            self._integrate()
+            self.transaction_id = tx
+
+    def _set_profile(self, *, profile_id: int, purpose: str, stack_level: int, schedule: Mapping[str, Any],
+                     transaction_id: Any) -> tuple[str, str | None]:
         if self.reject_profiles:
             return "Rejected", "RejectedBySim"
         parsed = _first_period_limit(schedule or {}, self.voltage, self.phases)
@@ -897,9 +941,6 @@ class ChargePointSim:
         if not self._accepts(unit):
             return "Rejected", "UnsupportedRateUnit"
         if purpose == "TxProfile":
-            if self.transaction_id is None and self._starting is not None:
-                # The StartTransaction answer arrived just before this call; let start_transaction see it.
-                await asyncio.wait({self._starting}, timeout=2)
             if self.transaction_id is None or (transaction_id is not None
                                                and str(transaction_id) != str(self.transaction_id)):
                 return "Rejected", "TxNotFound"
@@ -951,7 +992,9 @@ class ChargePointSim:
                 await self._send_status()
             return status
         if message == "MeterValues":
-            return self.send_meter_values
+            return lambda: self.send_meter_values("Trigger")
+        if message == "TransactionEvent" and self.version == "2.0.1":
+            return self._send_triggered_transaction_event
         if message == "Heartbeat":
             return lambda: self._call(call16.Heartbeat() if self.version == "1.6" else call201.Heartbeat())
         return None
