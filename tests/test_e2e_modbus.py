@@ -280,6 +280,9 @@ def test_site_stops_promptly_while_a_battery_is_silent() -> None:
     # A request timeout longer than the test's own timeout: were stop() to wait for it, the test fails.
     with Rig({"bat-silent": "default", "bat-ok": "default"}, link_kw={"timeout": 60.0}) as r:
         silent = r.sims["bat-silent"]
+        # the link reports up only once the battery answered its probe read: wait for that, then silence it
+        r.event(lambda e: e.type is EventType.ASSET_CONNECTED and e.payload["asset_id"] == "bat-silent",
+                "bat-silent connected")
         silent.set_silent(True)
         stuck = r.submit("bat-silent", CT.SET_CHARGE_RATE, 20.0)
         r.until(lambda: silent.dropped > 0, what="the silent battery swallowing a request")

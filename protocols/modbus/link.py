@@ -4,15 +4,20 @@ Each link owns ONE pymodbus ``AsyncModbusTcpClient`` and two tasks on the site's
 or silent battery only ever delays its own commands:
 
 * the connection keeper connects, lets the register map discover the device (SunSpec model chain),
-  reports ``LinkUp`` (``rebooted=True`` for every connection after the first one of a ``start()``: the
-  asset actor then re-sends its targets), waits for the connection to drop, reports ``LinkDown`` once
+  makes one probe read (the map's ``probe_reads``: a device that accepts TCP but never answers is NOT
+  up; the attempt counts as failed and the backoff grows), reports ``LinkUp`` (``rebooted=True`` for
+  every connection after the first one of a ``start()``: the asset actor then re-sends its targets), waits for the connection to drop, reports ``LinkDown`` once
   per outage, and reconnects with capped exponential backoff (``reconnect_delay`` doubling up to
-  ``reconnect_delay_max``, +-20 % jitter, real time). pymodbus' own reconnect is switched off.
+  ``reconnect_delay_max``, +-20 % jitter, real time; reset only by an answered probe, never by a bare
+  TCP connect). pymodbus' own reconnect is switched off.
 * the poller reads SoC and measured power every ``poll_interval_s`` of SITE-CLOCK time (so a virtual
   clock drives it in scenarios) and right after each connect, and reports ``Telemetry({"soc_pct",
   "power_kw"})`` (power > 0 = charging), plus a ``StatusReport`` when the map has a status register.
   With a revert timer in the map (SunSpec ``revert_s > 0``) it also re-writes the last rate every
   ``revert_s / 3`` seconds (keepalive), so the device does not fall back while the site runs.
+  A reading the device reports as non-finite (float32 inf/NaN) is skipped with a warning; any error
+  in one poll or keepalive is logged and the loop carries on. Both tasks log if they ever end while
+  the link runs.
 
 ``execute(command)``: reads what the map needs first (SunSpec scale factors and WChaMax), writes the
 absolute value(s) with function 16, then (``verify``) reads the same registers back and compares.
@@ -129,9 +134,10 @@ class ModbusBatteryLink(DeviceLink):
         self._poll_timer: "TimerHandle | None" = None
         self._keepalive: tuple[CommandType, float] | None = None
         self._keepalive_at = 0.0
+        self._backoff = self.reconnect_delay
         self._apply_lock: asyncio.Lock | None = None  # one write plan at a time (commands vs keepalive)
         #: Counters for tests and diagnostics.
-        self.stats = {"connects": 0, "polls": 0, "writes": 0, "keepalives": 0}
+        self.stats = {"connects": 0, "tcp_connects": 0, "polls": 0, "writes": 0, "keepalives": 0}
 
     # ---- DeviceLink -----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -141,6 +147,12 @@ class ModbusBatteryLink(DeviceLink):
     def connected(self) -> bool:
         """True between a LinkUp and the next LinkDown."""
         return self._up
+
+    @property
+    def reconnect_backoff(self) -> float:
+        """The delay (before jitter) the keeper waits before its next connection attempt: grows while
+        attempts fail (no TCP, or no answer to the probe), back to ``reconnect_delay`` once one is up."""
+        return self._backoff
 
     async def start(self, ctx: DeviceContext, sink: DeviceSink) -> None:
         """Start the connection keeper and the poller; returns once the first connection attempt has
@@ -158,6 +170,8 @@ class ModbusBatteryLink(DeviceLink):
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_connected(), name=f"modbus-connect {self.name}"),
                        loop.create_task(self._poll_loop(), name=f"modbus-poll {self.name}")]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
         try:
             await asyncio.wait_for(self._first_attempt.wait(), self.timeout * 4 + 1.0)
         except asyncio.TimeoutError:
@@ -259,6 +273,17 @@ class ModbusBatteryLink(DeviceLink):
             image.update(zip(range(addr, addr + count), words))
         return image
 
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        """Done-callback of both tasks: they only end by stop() (cancelled); anything else is logged."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("%s: task %s died: %s: %s", self.describe(), task.get_name(), type(exc).__name__, exc,
+                      exc_info=exc)
+        elif self._running and task in self._tasks:
+            log.error("%s: task %s ended unexpectedly", self.describe(), task.get_name())
+
     # ---- connection keeper ---------------------------------------------------------------------
     def _on_connection_change(self, connected: bool) -> None:
         if not connected and self._lost is not None:
@@ -267,15 +292,22 @@ class ModbusBatteryLink(DeviceLink):
 
     async def _keep_connected(self) -> None:
         assert self._lost is not None and self._first_attempt is not None and self._poll_wakeup is not None
-        delay = self.reconnect_delay
+        self._backoff = self.reconnect_delay
         down_reported = False
         while True:
-            error = await self._connect_once()
+            try:
+                error = await self._connect_once()
+            except Exception as e:  # never let one odd attempt end the keeper
+                log.exception("%s: connection attempt failed", self.describe())
+                error = f"{self.host}:{self.port}: {type(e).__name__}: {e}"
+                if self._client is not None:
+                    self._client.close()
             self._first_attempt.set()
             if error is None:
                 self._connections += 1
                 self.stats["connects"] += 1
-                delay, down_reported = self.reconnect_delay, False
+                # the probe read was answered: only now does the backoff start over
+                self._backoff, down_reported = self.reconnect_delay, False
                 self._up = True
                 rebooted = self._connections > 1
                 self._emit(LinkUp(rebooted=rebooted, reason=f"{'re' if rebooted else ''}connected to "
@@ -293,20 +325,26 @@ class ModbusBatteryLink(DeviceLink):
                 if not down_reported:
                     self._emit(LinkDown(error))
                     down_reported = True
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, self.reconnect_delay_max)
+            await asyncio.sleep(self._backoff * random.uniform(0.8, 1.2))
+            self._backoff = min(self._backoff * 2, self.reconnect_delay_max)
 
     async def _connect_once(self) -> str | None:
-        """Connect and bind the map; None on success, else why not."""
+        """Connect, bind the map and probe; None on success, else why not."""
         client = self._client
         assert client is not None and self._lost is not None
         client.close()
         self._lost.clear()
         if not await client.connect():
             return f"cannot connect to {self.host}:{self.port}"
+        self.stats["tcp_connects"] += 1
         try:
             self._map = await self.register_map.bind(
                 lambda addr, count: self._read(client, addr, count, f"discovering register {addr + 1} x{count}"))
+            await self._probe(client, self._map)
+        except ModbusIOException:
+            client.close()
+            return (f"{self.host}:{self.port} accepts connections but does not answer "
+                    f"(no reply within {self.timeout:g} s)")
         except (RegisterMapError, _ExceptionResponse, ModbusException) as e:
             client.close()
             return f"{self.host}:{self.port}: {e}"
@@ -314,6 +352,14 @@ class ModbusBatteryLink(DeviceLink):
             client.close()
             return self._lost_reason
         return None
+
+    async def _probe(self, client: AsyncModbusTcpClient, mp: BatteryRegisterMap) -> None:
+        """One read that must be answered before the link counts as up (raises ModbusIOException on
+        silence). An exception response is an answer: the device is there."""
+        try:
+            await self._read_ranges(client, mp.probe_reads(), "probing")
+        except _ExceptionResponse as e:
+            log.info("%s: probe read answered with %s; counting the device as up", self.describe(), e)
 
     # ---- poller ---------------------------------------------------------------------------------
     def _interval(self) -> float:
@@ -345,12 +391,23 @@ class ModbusBatteryLink(DeviceLink):
         while True:
             await self._poll_wakeup.wait()
             self._poll_wakeup.clear()
-            self._schedule_poll()
+            try:
+                self._schedule_poll()
+            except Exception:
+                log.exception("%s: cannot schedule the next poll", self.describe())
             client = self._client
             if not self._up or client is None:
                 continue
-            await self._poll_once(client)
-            await self._refresh(client)
+            # one bad reading or one odd error must never end the poller: it also keeps the device's
+            # revert timer alive. Log it and carry on with the next step / the next tick.
+            try:
+                await self._poll_once(client)
+            except Exception:
+                log.exception("%s: poll failed unexpectedly", self.describe())
+            try:
+                await self._refresh(client)
+            except Exception:
+                log.exception("%s: keepalive failed unexpectedly", self.describe())
 
     async def _poll_once(self, client: AsyncModbusTcpClient) -> None:
         mp = self._map

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -96,6 +97,8 @@ READ_POINTS = ("soc_pct", "power_kw")
 SUNS_MARKER = (0x5375, 0x6E53)
 #: Models our SunSpec layout holds, in order: common, DER AC measurement (power), storage, DER AC controls.
 SUNSPEC_DEFAULT_MODELS = (1, 701, 124, 704)
+
+log = logging.getLogger(__name__)
 
 Reader = Callable[[int, int], Awaitable[list[int]]]
 """``await read(pdu_address, count) -> words``: how a map reads the device during :meth:`bind`."""
@@ -176,6 +179,17 @@ def _words(image: Mapping[int, int], spec: RegisterSpec) -> list[int]:
     return [image[spec.address + i] for i in range(spec.word_count)]
 
 
+def _finite(spec: RegisterSpec, words: Sequence[int], what: str) -> float | None:
+    """The decoded value of ``words``, or None (with a warning naming the register and the value) when
+    the device reports a non-finite number (a float32 +-inf or NaN): such a reading is skipped."""
+    value = decode_value(spec, words)
+    if math.isfinite(value):
+        return value
+    log.warning("%s: register %d (%s) reads %r (words %s); skipping this reading", what, spec.register,
+                spec.data_type, value, [f"0x{w:04X}" for w in words])
+    return None
+
+
 class BatteryRegisterMap(ABC):
     """What a :class:`~protocols.modbus.link.ModbusBatteryLink` needs from a register map.
 
@@ -209,6 +223,11 @@ class BatteryRegisterMap(ABC):
     @abstractmethod
     def telemetry_reads(self) -> list[tuple[int, int]]:
         """Ranges to read on every poll."""
+
+    def probe_reads(self) -> list[tuple[int, int]]:
+        """What the link reads once after connecting (and discovery) before it reports the link up: a
+        device that accepts TCP but never answers is not up. Default: the first telemetry range."""
+        return self.telemetry_reads()[:1]
 
     @abstractmethod
     def decode_telemetry(self, image: Mapping[int, int]) -> dict[str, float]:
@@ -392,20 +411,30 @@ class RegisterMap(BatteryRegisterMap):
         specs = list(self.reads.values()) + ([self.status.spec] if self.status else [])
         return merge_reads([(s.address, s.word_count) for s in specs])
 
+    def probe_reads(self) -> list[tuple[int, int]]:
+        reads = self.telemetry_reads()[:1]
+        if not reads and self.writes:  # a map without reads: probe the first write register instead
+            spec = next(iter(self.writes.values()))
+            reads = [(spec.address, spec.word_count)]
+        return reads
+
     def decode_telemetry(self, image: Mapping[int, int]) -> dict[str, float]:
         out: dict[str, float] = {}
         for key, spec in self.reads.items():
-            value = decode_value(spec, _words(image, spec))
-            if math.isfinite(value):
+            value = _finite(spec, _words(image, spec), f"{self.describe()}: {key}")
+            if value is not None:
                 out[key] = value * self.power_sign if key == "power_kw" else value
         return out
 
     def decode_status(self, image: Mapping[int, int]) -> tuple[str, str] | None:
         if self.status is None:
             return None
-        raw = decode_value(self.status.spec, _words(image, self.status.spec)) * self.status.spec.scale
-        state = self.status.states.get(int(round(raw)))
-        return None if state is None else (state, str(int(round(raw))))
+        value = _finite(self.status.spec, _words(image, self.status.spec), f"{self.describe()}: status")
+        if value is None:
+            return None
+        raw = int(round(value * self.status.spec.scale))
+        state = self.status.states.get(raw)
+        return None if state is None else (state, str(raw))
 
     def describe(self) -> str:
         return f"register map {self.name!r}"
@@ -601,16 +630,17 @@ class SunSpecMap(BatteryRegisterMap):
         return self.address(model, "ID"), 2 + sunspec_model_points(model)[0]
 
     def raw(self, image: Mapping[int, int], model: int, name: str) -> int | None:
-        """A point's raw integer (two's complement applied), or None when it reads "not implemented"."""
+        """A point's raw integer (two's complement applied), or None when it reads "not implemented"
+        (or, float32, a non-finite value: skipped with a warning)."""
         p = self.point(model, name)
         spec = self.spec(model, name)
-        value = int(decode_value(spec, _words(image, spec)))
         words = _words(image, spec)
         unimpl = SUNSPEC_UNIMPLEMENTED.get(p.type)
         as_unsigned = functools.reduce(lambda acc, w: (acc << 16) | w, words, 0)
         if unimpl is not None and as_unsigned == unimpl and p.type not in ("count", "acc16", "acc32"):
             return None
-        return value
+        value = _finite(spec, words, f"{self.describe()}: {model}.{name}")
+        return None if value is None else int(value)
 
     def sf(self, image: Mapping[int, int], model: int, name: str) -> int:
         """A scale factor read from the device (RegisterMapError if it is not implemented or absurd)."""

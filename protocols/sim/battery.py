@@ -30,6 +30,8 @@ Behaviour:
 
 Fault injection: ``set_exception(code)`` answers every request with that exception code (None
 clears); ``set_silent(True)`` answers nothing (requests time out; writes do not land);
+``force(register, words)`` pins raw words at a register whatever the simulated state (e.g. a float32
++inf, ``(0x7F80, 0)``, in a telemetry or status register; ``None`` releases it);
 ``await set_offline()`` stops listening and drops connections; ``await set_online(reboot=False)``
 listens again on the same port (``reboot=True`` also forgets the setpoints, as a power-cycled device).
 
@@ -50,7 +52,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import ExcCodes
@@ -157,6 +159,7 @@ class BatterySim:
         self._readonly: set[int] = set()
         self._exception: ExcCodes | None = None
         self._silent = False
+        self._forced: dict[int, list[int]] = {}  # PDU address -> words, re-applied after every refresh
         self.image = _Image(self)
         #: Accepted writes, in order: (PDU address, words).
         self.writes: list[tuple[int, list[int]]] = []
@@ -235,6 +238,25 @@ class BatterySim:
     def set_silent(self, silent: bool = True) -> None:
         """Stop answering (requests are read and dropped: the client times out; writes do not land)."""
         self._silent = bool(silent)
+
+    def force(self, register: int, words: "Sequence[int] | None") -> None:
+        """Pin ``words`` at ``register`` (1-based, as in register maps) on every read from now on,
+        whatever the simulated state says (a broken sensor: float32 ``(0x7F80, 0)`` = +inf,
+        ``(0x7FC0, 0)`` = NaN); ``None`` releases the register (the next read refreshes it)."""
+        addr = int(register) - 1
+        if words is None:
+            self._forced.pop(addr, None)
+            return
+        for w in words:
+            if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 0xFFFF:
+                raise ValueError(f"force: word {w!r} is not an integer in 0..65535")
+        self._forced[addr] = list(words)
+        self._apply_forced()
+
+    def _apply_forced(self) -> None:
+        for addr, words in self._forced.items():
+            for i, w in enumerate(words):
+                self.image[addr + i] = w
 
     # ---- state ----------------------------------------------------------------------------------
     @property
@@ -326,6 +348,7 @@ class BatterySim:
         self._advance()
         if not set_values:
             self._backend.refresh()
+            self._apply_forced()
             return None
         changes = {address + i: int(v) for i, v in enumerate(set_values)}
         view = collections.ChainMap(changes, self.image)  # the image as it will be after the write
