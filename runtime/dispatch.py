@@ -26,7 +26,9 @@ marks the asset unavailable (its due commands become HELD), any other state avai
 commands are released). A state machine built on the same bus therefore drives HELD/release.
 
 Times: ``now`` arguments are tz-aware datetimes (a naive one raises ValueError naming the
-argument); omitted, the engine's ``clock`` is read. Not thread-safe: one caller at a time.
+argument). Omitted, the engine uses the latest ``now`` the caller gave it (to ``get_pending_commands``,
+``check_timeouts`` or any other method), so a caller replaying a schedule on its own time line gets
+consistent deadlines; before any, the engine's ``clock`` is read. Not thread-safe: one caller at a time.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class DispatchEngine:
         self.table = CommandTable(retry if retry is not None else RetryPolicy(), ack_timeout_s=ack_timeout_s,
                                   completion_timeout_s=completion_timeout_s)
         self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._last_now: float | None = None  # the latest time the caller gave (see "Times" above)
         self._unsubscribe = self.event_bus.subscribe(EventType.STATE_CHANGED, self._on_state_changed)
 
     def close(self) -> None:
@@ -212,12 +215,13 @@ class DispatchEngine:
 
     def _epoch(self, value: datetime | None, name: str) -> float:
         if value is None:
-            value = self._clock()
+            return self._last_now if self._last_now is not None else self._clock().timestamp()
         if not isinstance(value, datetime):
             raise TypeError(f"{name}: must be a tz-aware datetime, got {value!r}")
         if value.tzinfo is None:
             raise ValueError(f"{name}: naive datetime {value!r}; give a timezone (e.g. UTC)")
-        return value.timestamp()
+        self._last_now = value.timestamp()
+        return self._last_now
 
     def _publish(self, changes: list[Change], now: float, **extra: Any) -> None:
         """One event per change, in order; changes without an event are not published."""

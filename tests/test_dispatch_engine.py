@@ -285,3 +285,18 @@ def test_replace_false_keeps_the_old_schedule(bus: EventBus, rec: Recorder, fake
     engine.schedule_to_commands(("extra", [600], [0], ["ev1"]), now=at(0), replace=False)
     assert engine.get("old-0").status is S.PENDING and E.COMMAND_SUPERSEDED not in rec.types()
     assert to_datetime(float(engine.table.next_deadline() or 0)) == at(300)
+
+
+def test_omitted_now_follows_the_callers_time_line_not_the_wall_clock(bus: EventBus) -> None:
+    class Fake:
+        def translate(self, c: Command) -> dict[str, Any]:
+            return {"ok": c.command_id}
+    # the engine's clock says T0 + 1 day; the caller replays a schedule at T0
+    engine = DispatchEngine(event_bus=bus, clock=lambda: at(86_400), ack_timeout_s=10.0,
+                            retry=RetryPolicy(max_attempts=1, jitter=0.0))
+    engine.submit(cmd("c1"), now=at(0))
+    [due] = engine.get_pending_commands(at(0))
+    engine.dispatch_command(due, Fake())          # no now: dispatched at the caller's T0, not T0 + 1 day
+    assert engine.check_timeouts(at(5)) == []
+    [timed_out] = engine.check_timeouts(at(10))
+    assert timed_out.command_id == "c1" and timed_out.status is CommandStatus.TIMED_OUT
