@@ -603,7 +603,12 @@ def _bare_worker(argv: Sequence[str]) -> int:
     or when stdin closes (the parent is gone)."""
     import json
 
+    import ocpp.messages
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops this process in order
+    # the same library setting as our CentralSystem (inline_validation=True): both sides validate every
+    # message against the schema, in the same way
+    ocpp.messages.ASYNC_VALIDATION = False
     cfg = json.loads(argv[0])
     rig = _BareRig(int(cfg["chargers"]), [int(p) for p in cfg["ports"]], str(cfg["version"]), int(cfg["concurrency"]))
     out = sys.stdout

@@ -65,6 +65,7 @@ from http import HTTPStatus
 from typing import Any, Awaitable, Iterable, Literal, Mapping
 from urllib.parse import unquote
 
+import ocpp.messages
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call as call16
@@ -656,7 +657,11 @@ class CentralSystem:
     """OCPP 1.6 + 2.0.1 central system (see the module docstring).
 
     ``response_timeout`` bounds every call the central system makes on its own (rate unit query,
-    TriggerMessage) and is the default for :meth:`call`. ``reconnect_grace``: a charge point that was
+    TriggerMessage) and is the default for :meth:`call`. ``inline_validation`` (default True) has the
+    ``ocpp`` library validate every message against its JSON schema on the I/O loop itself instead of
+    handing each one to a thread pool (``ocpp.messages.ASYNC_VALIDATION = False``, a process-wide
+    setting of the library): in a process with hundreds of actor threads the hand-off costs more than
+    the validation. Validation stays on either way. ``reconnect_grace``: a charge point that was
     registered before and reconnects without a BootNotification is online at its first message or
     after this many seconds. ``pending_interval`` is the BootNotification interval given with a
     Pending answer (when the charger retries). ``close_timeout`` bounds a websocket closing handshake.
@@ -667,7 +672,8 @@ class CentralSystem:
                  unknown_boot: Literal["Accepted", "Pending"] = "Accepted", heartbeat_interval: int = 300,
                  response_timeout: float = 10.0, pending_interval: int = 30, reconnect_grace: float = 2.0,
                  close_timeout: float = 5.0, compression: str | None = None,
-                 ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0) -> None:
+                 ping_interval: float | None = 20.0, ping_timeout: float | None = 20.0,
+                 inline_validation: bool = True) -> None:
         if unknown_boot not in ("Accepted", "Pending"):
             raise ValueError(f"unknown_boot: must be 'Accepted' or 'Pending', got {unknown_boot!r}")
         if not (isinstance(port, int) and 0 <= port <= 65535):
@@ -692,6 +698,7 @@ class CentralSystem:
         self.compression = compression
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.inline_validation = inline_validation
         self._server: Server | None = None
         self._port: int | None = None
         self._records: dict[str, ChargePointRecord] = {}
@@ -722,6 +729,8 @@ class CentralSystem:
         """Start serving on the running loop. :attr:`port` is the bound port afterwards."""
         if self._server is not None:
             raise RuntimeError("CentralSystem already started")
+        if self.inline_validation:
+            ocpp.messages.ASYNC_VALIDATION = False
         self._server = await serve(
             self._handle, self.host, self._requested_port, subprotocols=list(SUBPROTOCOLS),
             select_subprotocol=self._select_subprotocol, process_request=self._process_request,
