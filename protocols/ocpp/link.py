@@ -59,7 +59,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as call16
@@ -349,25 +349,11 @@ class OcppChargerLink(DeviceLink):
             rsid = None
             payload = call16.RemoteStartTransaction(id_tag=self.id_tag, connector_id=target)
             action = "RemoteStartTransaction"
-        pending = self._pending_start = _Pending(command.command_id, rsid)
-        try:
-            result, failure = await self._call(payload)
-        finally:
-            pending.in_flight = False
-        detail: dict[str, Any] = {"action": action, "remote_start_id": rsid}
-        if failure is not None or str(result.status) != "Accepted":
-            if self._pending_start is pending:
-                self._pending_start = None
-            if failure is not None:
-                return DeviceResult(failure.outcome, failure.reason, {**detail, **failure.detail})
-            return self._refusal(action, result, detail)
-        if pending.done or getattr(result, "transaction_id", None):
-            if self._pending_start is pending:
-                self._pending_start = None
-            return DeviceResult(Outcome.COMPLETED, None, {**detail, "status": "Accepted",
-                                                          "transaction_id": rec.transaction_on(target)})
-        return DeviceResult(Outcome.ACKNOWLEDGED, "waiting for the transaction to start",
-                            {**detail, "status": "Accepted"})
+        return await self._await_transaction(
+            "_pending_start", _Pending(command.command_id, rsid), payload, action,
+            {"action": action, "remote_start_id": rsid}, "waiting for the transaction to start",
+            answered_done=lambda result: bool(getattr(result, "transaction_id", None)),
+            done_detail=lambda: {"transaction_id": rec.transaction_on(target)})
 
     async def _stop_charging(self, command: Command, rec: ChargePointRecord) -> DeviceResult:
         target = self._connector(rec)
@@ -382,23 +368,35 @@ class OcppChargerLink(DeviceLink):
         else:
             payload = call16.RemoteStopTransaction(transaction_id=int(tx))
             action = "RemoteStopTransaction"
-        pending = self._pending_stop = _Pending(command.command_id, tx)
+        return await self._await_transaction(
+            "_pending_stop", _Pending(command.command_id, tx), payload, action,
+            {"action": action, "transaction_id": tx}, "waiting for the transaction to end")
+
+    async def _await_transaction(self, slot: str, pending: _Pending, payload: Any, action: str,
+                                 detail: dict[str, Any], waiting: str, *,
+                                 answered_done: Callable[[Any], bool] = lambda result: False,
+                                 done_detail: Callable[[], dict[str, Any]] = dict) -> DeviceResult:
+        """Send a remote start/stop whose completion is a transaction event, tracked in ``slot``.
+
+        Accepted and the transaction event already seen (or ``answered_done(result)``): COMPLETED;
+        accepted otherwise: ACKNOWLEDGED, completed later by the event; refused or failed: the slot is
+        freed and the charger's answer reported."""
+        setattr(self, slot, pending)
         try:
             result, failure = await self._call(payload)
         finally:
             pending.in_flight = False
-        detail: dict[str, Any] = {"action": action, "transaction_id": tx}
-        if failure is not None or str(result.status) != "Accepted":
-            if self._pending_stop is pending:
-                self._pending_stop = None
-            if failure is not None:
-                return DeviceResult(failure.outcome, failure.reason, {**detail, **failure.detail})
+        refused = failure is not None or str(result.status) != "Accepted"
+        done = not refused and (pending.done or answered_done(result))
+        if (refused or done) and getattr(self, slot) is pending:
+            setattr(self, slot, None)
+        if failure is not None:
+            return DeviceResult(failure.outcome, failure.reason, {**detail, **failure.detail})
+        if refused:
             return self._refusal(action, result, detail)
-        if pending.done:
-            if self._pending_stop is pending:
-                self._pending_stop = None
-            return DeviceResult(Outcome.COMPLETED, None, {**detail, "status": "Accepted"})
-        return DeviceResult(Outcome.ACKNOWLEDGED, "waiting for the transaction to end", {**detail, "status": "Accepted"})
+        if done:
+            return DeviceResult(Outcome.COMPLETED, None, {**detail, "status": "Accepted", **done_detail()})
+        return DeviceResult(Outcome.ACKNOWLEDGED, waiting, {**detail, "status": "Accepted"})
 
     async def _change_availability(self, command: Command, rec: ChargePointRecord) -> DeviceResult:
         if command.value not in (0, 1):
