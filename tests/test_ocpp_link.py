@@ -6,10 +6,11 @@ Each test runs its own loop (asyncio.run) and ends with the server closed and no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -468,6 +469,23 @@ class Site:
         return [e for e in self.events if isinstance(e, kind)]
 
 
+@contextlib.asynccontextmanager
+async def restartable_site_with_charger(version: str) -> AsyncIterator[tuple[Site, ChargePointSim]]:
+    """A started :class:`Site` and a booted charger that reconnects by itself; both stopped afterwards."""
+    site = Site()
+    await site.start()
+    assert site.cs is not None
+    sim = ChargePointSim("CP1", site.cs.url, version, meter_interval=0, response_timeout=2.0, auto_reconnect=True)
+    try:
+        await sim.start()
+        await settle(lambda: site.of(LinkUp), what="LinkUp")
+        yield site, sim
+    finally:
+        await sim.stop()
+        await site.stop()
+        site.clock.stop()
+
+
 async def _announce_transaction(sim: ChargePointSim) -> None:
     """What a charger sends on its own while charging: MeterValues with the transactionId (1.6), a
     TransactionEvent Updated naming its EVSE (2.0.1)."""
@@ -480,13 +498,7 @@ async def _announce_transaction(sim: ChargePointSim) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 def test_site_restart_while_charging_learns_the_running_transaction(version: str) -> None:
     async def body() -> None:
-        site = Site()
-        await site.start()
-        sim = ChargePointSim("CP1", site.cs.url, version, meter_interval=0, response_timeout=2.0,  # type: ignore[union-attr]
-                             auto_reconnect=True)
-        try:
-            await sim.start()
-            await settle(lambda: site.of(LinkUp), what="LinkUp")
+        async with restartable_site_with_charger(version) as (site, sim):
             old_tx = await sim.start_transaction()
             await settle(lambda: site.record().transactions == {1: old_tx}, what="transaction recorded")
             if version == "1.6":
@@ -522,23 +534,13 @@ def test_site_restart_while_charging_learns_the_running_transaction(version: str
                 new_tx = await sim.start_transaction()
                 assert new_tx != old_tx and new_tx > old_tx
                 await settle(lambda: site.record().transactions == {1: new_tx}, what="new transaction")
-        finally:
-            await sim.stop()
-            await site.stop()
-            site.clock.stop()
     run(body, timeout=20)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_stop_without_a_known_transaction_fails_and_a_retry_succeeds_once_it_is_announced(version: str) -> None:
     async def body() -> None:
-        site = Site()
-        await site.start()
-        sim = ChargePointSim("CP1", site.cs.url, version, meter_interval=0, response_timeout=2.0,  # type: ignore[union-attr]
-                             auto_reconnect=True)
-        try:
-            await sim.start()
-            await settle(lambda: site.of(LinkUp), what="LinkUp")
+        async with restartable_site_with_charger(version) as (site, sim):
             tx = await sim.start_transaction()
             sim.set_call_error(True)  # it answers the triggers (and everything else) with a CallError
             await site.restart()
@@ -557,10 +559,6 @@ def test_stop_without_a_known_transaction_fails_and_a_retry_succeeds_once_it_is_
             res = await site.link.execute(retry)  # type: ignore[union-attr]
             assert res.outcome in (Outcome.ACKNOWLEDGED, Outcome.COMPLETED), res
             await settle(lambda: sim.transaction_id is None, what="the charger stopped")
-        finally:
-            await sim.stop()
-            await site.stop()
-            site.clock.stop()
     run(body, timeout=20)
 
 
