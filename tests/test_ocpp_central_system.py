@@ -60,6 +60,14 @@ class Bench:
         self.cs.register_listener(cp_id, events.append)
         return events
 
+    async def online(self, cp_id: str, version: str, **kw: Any) -> tuple[list[Any], ChargePointSim]:
+        """Listen to ``cp_id``, start its simulator and wait until the central system has it online."""
+        events = self.listen(cp_id)
+        sim = self.sim(cp_id, version, **kw)
+        await sim.start()
+        await settle(lambda: of(events, ChargerOnline), what=f"{cp_id} online")
+        return events, sim
+
 
 def of(events: list[Any], kind: type) -> list[Any]:
     return [e for e in events if isinstance(e, kind)]
@@ -152,9 +160,7 @@ def test_boot_registers_and_reports_status(version: str) -> None:
 def test_rate_unit_is_read_after_boot(version: str, unit: str, expected: str) -> None:
     async def body() -> None:
         async with Bench() as b:
-            events = b.listen("CPU")
-            await b.sim("CPU", version, accepted_unit=unit).start()
-            await settle(lambda: of(events, ChargerOnline))
+            events, _ = await b.online("CPU", version, accepted_unit=unit)
             assert of(events, ChargerOnline)[0].rate_unit == expected
             assert b.cs.charge_point("CPU").rate_unit == expected
     run(body)
@@ -164,10 +170,7 @@ def test_rate_unit_is_read_after_boot(version: str, unit: str, expected: str) ->
 def test_transactions_meter_values_and_disconnect(version: str) -> None:
     async def body() -> None:
         async with Bench() as b:
-            events = b.listen("CPT")
-            sim = b.sim("CPT", version)
-            await sim.start()
-            await settle(lambda: of(events, ChargerOnline))
+            events, sim = await b.online("CPT", version)
             tx = await sim.start_transaction()
             await settle(lambda: of(events, TransactionStarted), what="TransactionStarted")
             started = of(events, TransactionStarted)[0]
@@ -191,10 +194,7 @@ def test_transactions_meter_values_and_disconnect(version: str) -> None:
 def test_newest_connection_replaces_the_older_one(version: str) -> None:
     async def body() -> None:
         async with Bench() as b:
-            events = b.listen("CPR")
-            first = b.sim("CPR", version)
-            await first.start()
-            await settle(lambda: of(events, ChargerOnline))
+            events, first = await b.online("CPR", version)
             second = b.sim("CPR", version)
             await second.start()
             await settle(lambda: not first.connected, what="old connection closed")
@@ -244,9 +244,7 @@ def test_client_without_a_supported_subprotocol_is_refused(offered: list[str] | 
 def test_basic_auth(version: str) -> None:
     async def body() -> None:
         async with Bench(basic_auth={"CPA": "s3cret", "CPB": "other"}) as b:
-            events = b.listen("CPA")
-            await b.sim("CPA", version, password="s3cret").start()
-            await settle(lambda: of(events, ChargerOnline))
+            events, _ = await b.online("CPA", version, password="s3cret")
             with pytest.raises(InvalidStatus) as err:
                 await b.sim("CPB", version, password="wrong").start()
             assert err.value.response.status_code == 401
@@ -311,10 +309,7 @@ def test_reset_and_clear_charging_profile_through_cs_call(version: str) -> None:
 
     async def body() -> None:
         async with Bench() as b:
-            events = b.listen("CPC")
-            sim = b.sim("CPC", version)
-            await sim.start()
-            await settle(lambda: of(events, ChargerOnline))
+            events, sim = await b.online("CPC", version)
             if version == "1.6":
                 profile = {"charging_profile_id": 5, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
                            "charging_profile_kind": "Relative", "charging_schedule": {
