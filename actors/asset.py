@@ -17,7 +17,6 @@ setpoint of every channel: setpoints are absolute, so repeating one is safe.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from typing import Any, Callable
 
@@ -25,13 +24,14 @@ import pykka
 
 from protocols.base import (CommandProgress, CrashRequest, DeviceContext, DeviceEvent, DeviceLink, DeviceResult,
                             LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
-from runtime.assets import AssetSpec
-from runtime.clock import Clock
-from runtime.commands import Command, CommandStatus, CommandType
-from runtime.events import Event, EventType
-from runtime.iothread import IOOperation, IOThread
-from runtime.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
+from runtime.core.assets import AssetSpec
+from runtime.core.clock import Clock
+from runtime.core.commands import Command, CommandStatus, CommandType
+from runtime.core.events import Event, EventType
+from runtime.core.iothread import IOOperation, IOThread
+from runtime.core.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
 
+from .handlers import HandlerTable, handles
 from .messages import (AssetHealth, AssetMemory, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport,
                        Execute, GetAssetState, LinkStarted, Ping, Pong, Publish)
 
@@ -48,6 +48,8 @@ _OUTCOME_STATUS = {
     Outcome.NOT_CONNECTED: CommandStatus.HELD,
 }
 _UNHEALTHY_STATES = frozenset({"FAULTED", "UNAVAILABLE"})
+#: What a device link may report through its sink (each has a handler below).
+_DEVICE_EVENTS = frozenset({StatusReport, Telemetry, LinkUp, LinkDown, CommandProgress, CrashRequest})
 #: |power| below this (kW) counts as idle when a battery's state follows its measured power.
 POWER_DEADBAND_KW = 0.05
 
@@ -83,7 +85,7 @@ async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float
     return tuple(results)
 
 
-class AssetActor(pykka.ThreadingActor):
+class AssetActor(HandlerTable, pykka.ThreadingActor):
     """One asset. Started and restarted by the supervisor with the same ``link`` object."""
 
     def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
@@ -160,23 +162,38 @@ class AssetActor(pykka.ThreadingActor):
 
     # ---- messages ------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Ping):
-            return Pong(self._handled, {"in_flight": len(self._in_flight)})
-        self._handled += 1
-        if isinstance(message, Execute):
-            return self._execute(message.commands)
-        if isinstance(message, DeviceDone):
-            return self._device_done(message)
-        if isinstance(message, DeviceReport):
-            return self._device_report(message.event)
-        if isinstance(message, GetAssetState):
-            return self.sm.state.name
-        if isinstance(message, LinkStarted):
-            if message.error is not None:
-                log.error("%s: starting the device link failed: %s", self.spec.asset_id, message.error)
-            self._report_health(self._health_reason)  # the dispatcher sends nothing until it hears this
-            return None
-        raise TypeError(f"AssetActor {self.spec.asset_id}: unexpected message {message!r}")
+        if type(message) is not Ping:  # pings do not count: they measure the actor's quiescence
+            self._handled += 1
+        return self.handle(message)
+
+    @handles(Ping)
+    def _ping(self, message: Ping) -> Pong:
+        return Pong(self._handled, {"in_flight": len(self._in_flight)})
+
+    @handles(Execute)
+    def _on_execute(self, message: Execute) -> None:
+        self._execute(message.commands)
+
+    @handles(DeviceDone)
+    def _on_device_done(self, message: DeviceDone) -> None:
+        self._device_done(message)
+
+    @handles(DeviceReport)
+    def _on_device_report(self, message: DeviceReport) -> None:
+        if type(message.event) not in _DEVICE_EVENTS:
+            log.warning("%s: ignoring unknown device report %r", self.spec.asset_id, message.event)
+            return
+        self.handle(message.event)
+
+    @handles(GetAssetState)
+    def _get_state(self, message: GetAssetState) -> str:
+        return self.sm.state.name
+
+    @handles(LinkStarted)
+    def _link_started(self, message: LinkStarted) -> None:
+        if message.error is not None:
+            log.error("%s: starting the device link failed: %s", self.spec.asset_id, message.error)
+        self._report_health(self._health_reason)  # the dispatcher sends nothing until it hears this
 
     def _execute(self, commands: tuple[Command, ...]) -> None:
         reports: list[CommandReport] = []
@@ -254,37 +271,39 @@ class AssetActor(pykka.ThreadingActor):
             self._targets.pop(command.command_type, None)
             self._targets[command.command_type] = command
 
-    def _device_report(self, event: DeviceEvent) -> None:
-        if isinstance(event, StatusReport):
-            self._follow_status(event)
-        elif isinstance(event, Telemetry):
-            self._telemetry(event)
-        elif isinstance(event, LinkUp):
-            self._set_link(True, event.reason)
-            resend: tuple[Command, ...] = ()
-            if event.rebooted:
-                # a channel with a newer command already on its way to the device gets that one instead
-                busy = {c.command_type for c in (*self._sent.values(), *self._awaiting.values())}
-                resend = tuple(c for c in self._targets.values() if c.command_type not in busy)
-                if resend:
-                    self._run(resend, resend=True)
-            self._publish(EventType.ASSET_CONNECTED, {"asset_id": self.spec.asset_id, "rebooted": event.rebooted,
-                                                      "reason": event.reason,
-                                                      "resent": [c.command_id for c in resend] if event.rebooted
-                                                      else []})
-        elif isinstance(event, LinkDown):
-            self._publish(EventType.ASSET_DISCONNECTED, {"asset_id": self.spec.asset_id, "reason": event.reason})
-            self._set_link(False, event.reason)
-        elif isinstance(event, CommandProgress):
-            if event.command_id in self._sent:  # the device's answer to the command is still on its way
-                self._early[event.command_id] = event
-                return
-            self._report([self._progress(event)])
-        elif isinstance(event, CrashRequest):
-            raise AssetCrash(f"asset {self.spec.asset_id}: {event.reason}")
-        else:
-            log.warning("%s: ignoring unknown device report %r", self.spec.asset_id, event)
+    # ---- what the device says on its own (DeviceReport -> the handler of the event's type) ------
+    @handles(LinkUp)
+    def _link_up(self, event: LinkUp) -> None:
+        self._set_link(True, event.reason)
+        resend: tuple[Command, ...] = ()
+        if event.rebooted:
+            # a channel with a newer command already on its way to the device gets that one instead
+            busy = {c.command_type for c in (*self._sent.values(), *self._awaiting.values())}
+            resend = tuple(c for c in self._targets.values() if c.command_type not in busy)
+            if resend:
+                self._run(resend, resend=True)
+        self._publish(EventType.ASSET_CONNECTED, {"asset_id": self.spec.asset_id, "rebooted": event.rebooted,
+                                                  "reason": event.reason,
+                                                  "resent": [c.command_id for c in resend] if event.rebooted
+                                                  else []})
 
+    @handles(LinkDown)
+    def _link_down(self, event: LinkDown) -> None:
+        self._publish(EventType.ASSET_DISCONNECTED, {"asset_id": self.spec.asset_id, "reason": event.reason})
+        self._set_link(False, event.reason)
+
+    @handles(CommandProgress)
+    def _command_progress(self, event: CommandProgress) -> None:
+        if event.command_id in self._sent:  # the device's answer to the command is still on its way
+            self._early[event.command_id] = event
+            return
+        self._report([self._progress(event)])
+
+    @handles(CrashRequest)
+    def _crash_request(self, event: CrashRequest) -> None:
+        raise AssetCrash(f"asset {self.spec.asset_id}: {event.reason}")
+
+    @handles(StatusReport)
     def _follow_status(self, event: StatusReport) -> None:
         try:
             target = self.sm.states[event.state]
@@ -300,6 +319,7 @@ class AssetActor(pykka.ThreadingActor):
         for trigger in path:
             self.sm.trigger(trigger)
 
+    @handles(Telemetry)
     def _telemetry(self, event: Telemetry) -> None:
         values: dict[str, float] = {}
         for key, raw in event.values.items():

@@ -1,6 +1,6 @@
 """DispatcherActor: keeps the command table and fans due commands out to the asset actors.
 
-It is the only owner of the :class:`~runtime.command_table.CommandTable` and of the command journal.
+It is the only owner of the :class:`~runtime.core.command_table.CommandTable` and of the command journal.
 Each message is handled as one step: apply it to the table, sweep (expiry, supersession, holds,
 timeouts, retries) and send every due command to its asset actor (one ``Execute`` per asset). The
 steps of a burst are then committed together, like one Core Cycle: when the inbox is empty (or before
@@ -19,12 +19,12 @@ from typing import Any
 
 import pykka
 
-from runtime.batch import CommandBatch
-from runtime.clock import Clock, TimerHandle
-from runtime.command_table import Change, CommandTable
-from runtime.commands import Command, CommandStatus, CommandType
-from runtime.events import Event, EventType
+from runtime.core.clock import Clock, TimerHandle
+from runtime.core.command_table import Change, CommandTable
+from runtime.core.commands import Command, CommandStatus, CommandType
+from runtime.core.events import Event, EventType
 
+from .handlers import HandlerTable, handles
 from .messages import (AssetDown, AssetHealth, AssetUp, CommandReports, Execute, GetCommand, GetCounts,
                        ListCommands, Ping, Pong, Publish, SubmitBatch, SubmitCommands, Tick)
 
@@ -35,6 +35,9 @@ __all__ = ["DispatcherActor", "change_event"]
 
 #: Enum member -> its value (the ``.value`` property is slow on CPython 3.11's hot path)
 _VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m in e}
+#: Messages answered without a step (nothing changes); submissions are committed before they are answered.
+_QUERIES = frozenset({Ping, GetCommand, ListCommands, GetCounts})
+_SUBMISSIONS = frozenset({SubmitCommands, SubmitBatch})
 
 
 def change_event(change: Change, now: Any) -> Event | None:
@@ -56,7 +59,7 @@ def change_event(change: Change, now: Any) -> Event | None:
     return Event(event_type, now, payload)
 
 
-class DispatcherActor(pykka.ThreadingActor):
+class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     """The command table's owner. Start it with the table (possibly restored from a journal)."""
 
     def __init__(self, table: CommandTable, *, clock: Clock, events: pykka.ActorRef[Any],
@@ -77,58 +80,101 @@ class DispatcherActor(pykka.ThreadingActor):
         self._changes: list[Change] = []
         self._records: list[dict[str, Any]] = []
         self._outbox: dict[str, list[Command]] = {}  # asset -> commands marked DISPATCHED, not yet sent
+        self._now = clock.time()   # the current step's time (set at the start of each step)
+        self._pump_after = True    # whether the current step ends with a pump
 
     # ---- step --------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, (Ping, GetCommand, ListCommands, GetCounts)):
+        """One message = one step (in the actor's thread): apply it, pump what fell due, commit at the
+        end of the burst (a submission: at once, so that "accepted" means journaled)."""
+        kind = type(message)
+        if kind in _QUERIES:
             # a query may be the last message of a burst: commit what the burst changed first
             self._flush_if_idle()
-            if isinstance(message, Ping):
-                return Pong(self._handled, {"counts": self._table.counts()})
-            if isinstance(message, GetCommand):
-                return self._table.get(message.command_id)
-            if isinstance(message, ListCommands):
-                return self._table.commands(message.status)
-            return self._table.counts()
+            return self.handle(message)
         self._handled += 1
-        now = self._clock.time()
-        changes, records = self._changes, self._records
-        result: Any = None
-        pump = True
-        if isinstance(message, SubmitCommands):
-            created = self._table.add(message.commands, now)
-            changes += created
-            result = tuple(ch.command.command_id for ch in created)
-        elif isinstance(message, SubmitBatch):
-            result = self._submit_batch(message, now, changes, records)
-        elif isinstance(message, CommandReports):
-            mark = len(changes)
-            for report in message.reports:
-                changes += self._apply_report(message.asset_id, report, now)
-            # answers make nothing due now, unless one put a command back to PENDING (a retry)
-            pump = any(ch.command.status is CommandStatus.PENDING for ch in changes[mark:])
-        elif isinstance(message, AssetHealth):
-            self._healthy[message.asset_id] = message.healthy
-            changes += self._table.set_available(message.asset_id, self._available(message.asset_id), now)
-        elif isinstance(message, AssetUp):
-            self._refs[message.asset_id] = message.ref
-            # a fresh actor gets nothing until it has reported its health (once its link started); that
-            # report may arrive before or after this message
-            changes += self._table.set_available(message.asset_id, self._available(message.asset_id), now)
-        elif isinstance(message, AssetDown):
-            self._refs.pop(message.asset_id, None)
-            self._healthy[message.asset_id] = False  # its successor reports afresh
-            changes += self._table.hold_in_flight(message.asset_id, message.reason, now)
-            changes += self._table.set_available(message.asset_id, False, now)
-        elif not isinstance(message, Tick):
-            raise TypeError(f"DispatcherActor: unexpected message {message!r}")
-        if pump:
-            changes += self._pump(now)
-        if isinstance(message, (SubmitCommands, SubmitBatch)):
+        self._now = self._clock.time()
+        self._pump_after = True
+        result = self.handle(message)
+        if self._pump_after:
+            self._changes += self._pump(self._now)
+        if kind in _SUBMISSIONS:
             self._flush()  # accepted means journaled: the caller's ask returns after the sync
         else:
             self._flush_if_idle()
         return result
+
+    # ---- queries (answered without a step) ---------------------------------------------------
+    @handles(Ping)
+    def _ping(self, message: Ping) -> Pong:
+        return Pong(self._handled, {"counts": self._table.counts()})
+
+    @handles(GetCommand)
+    def _get_command(self, message: GetCommand) -> Command | None:
+        return self._table.get(message.command_id)
+
+    @handles(ListCommands)
+    def _list_commands(self, message: ListCommands) -> list[Command]:
+        return self._table.commands(message.status)
+
+    @handles(GetCounts)
+    def _get_counts(self, message: GetCounts) -> dict[str, int]:
+        return self._table.counts()
+
+    # ---- steps ---------------------------------------------------------------------------------
+    @handles(SubmitCommands)
+    def _submit_commands(self, message: SubmitCommands) -> tuple[str, ...]:
+        created = self._table.add(message.commands, self._now)
+        self._changes += created
+        return tuple(ch.command.command_id for ch in created)
+
+    @handles(SubmitBatch)
+    def _submit_batch(self, message: SubmitBatch) -> str:
+        now, batch = self._now, message.batch
+        if message.replace and len(batch):
+            start = float(batch.times[0])
+            # rows that were never materialized are covered by the "bsup" record, not one record each
+            self._changes += self._table.supersede_future(batch.assets, start, now, row_changes=False)
+            self._records.append({"k": "bsup", "id": batch.batch_id, "assets": list(batch.assets), "from": start,
+                                  "at": now})
+        self._table.add_batch(batch, now)
+        self._records.append({"k": "batch", "b": batch.to_record()})
+        self._publish([Event(EventType.SCHEDULE_RECEIVED, self._clock.now(), {
+            "batch_id": batch.batch_id, "commands": len(batch), "assets": len(batch.assets),
+            "start": float(batch.times[0]) if len(batch) else None,
+            "end": float(batch.times[-1]) if len(batch) else None})])
+        return batch.batch_id
+
+    @handles(CommandReports)
+    def _command_reports(self, message: CommandReports) -> None:
+        mark = len(self._changes)
+        for report in message.reports:
+            self._changes += self._apply_report(message.asset_id, report, self._now)
+        # answers make nothing due now, unless one put a command back to PENDING (a retry)
+        self._pump_after = any(ch.command.status is CommandStatus.PENDING for ch in self._changes[mark:])
+
+    @handles(AssetHealth)
+    def _asset_health(self, message: AssetHealth) -> None:
+        self._healthy[message.asset_id] = message.healthy
+        self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
+
+    @handles(AssetUp)
+    def _asset_up(self, message: AssetUp) -> None:
+        self._refs[message.asset_id] = message.ref
+        # a fresh actor gets nothing until it has reported its health (once its link started); that
+        # report may arrive before or after this message
+        self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
+
+    @handles(AssetDown)
+    def _asset_down(self, message: AssetDown) -> None:
+        self._refs.pop(message.asset_id, None)
+        self._healthy[message.asset_id] = False  # its successor reports afresh
+        self._changes += self._table.hold_in_flight(message.asset_id, message.reason, self._now)
+        self._changes += self._table.set_available(message.asset_id, False, self._now)
+
+    @handles(Tick)
+    def _tick(self, message: Tick) -> None:
+        """A clock timer fired: the pump after every step does the work."""
 
     def _flush_if_idle(self) -> None:
         """Commit at the end of a burst: when no other message is waiting (the Core Cycle's end)."""
@@ -154,23 +200,6 @@ class DispatcherActor(pykka.ThreadingActor):
 
     def _available(self, asset_id: str) -> bool:
         return asset_id in self._refs and self._healthy.get(asset_id, False)
-
-    def _submit_batch(self, message: SubmitBatch, now: float, changes: list[Change],
-                      records: list[dict[str, Any]]) -> str:
-        batch: CommandBatch = message.batch
-        if message.replace and len(batch):
-            start = float(batch.times[0])
-            # rows that were never materialized are covered by the "bsup" record, not one record each
-            changes += self._table.supersede_future(batch.assets, start, now, row_changes=False)
-            records.append({"k": "bsup", "id": batch.batch_id, "assets": list(batch.assets), "from": start,
-                            "at": now})
-        self._table.add_batch(batch, now)
-        records.append({"k": "batch", "b": batch.to_record()})
-        self._publish([Event(EventType.SCHEDULE_RECEIVED, self._clock.now(), {
-            "batch_id": batch.batch_id, "commands": len(batch), "assets": len(batch.assets),
-            "start": float(batch.times[0]) if len(batch) else None,
-            "end": float(batch.times[-1]) if len(batch) else None})])
-        return batch.batch_id
 
     def _apply_report(self, asset_id: str, report: Any, now: float) -> list[Change]:
         t, cid = self._table, report.command_id

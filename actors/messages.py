@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runtime.commands import Command, CommandStatus
-from runtime.events import Event, EventType
+from runtime.core.commands import Command, CommandStatus
+from runtime.core.events import Event, EventType
 
 if TYPE_CHECKING:  # pragma: no cover
     import pykka
 
     from protocols.base import DeviceEvent, DeviceResult
-    from runtime.batch import CommandBatch
+    from runtime.core.batch import CommandBatch
 
 __all__ = [
     "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",

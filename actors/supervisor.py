@@ -17,13 +17,16 @@ from typing import Any
 import pykka
 
 from protocols.base import DeviceLink
-from runtime.assets import AssetSpec
-from runtime.clock import Clock
-from runtime.events import Event, EventType
-from runtime.iothread import IOThread
+from runtime.core.assets import AssetSpec
+from runtime.core.clock import Clock
+from runtime.core.errors import ConfigurationError
+from runtime.core.events import Event, EventType
+from runtime.core.iothread import IOThread
 
 from .asset import AssetActor
-from .messages import AssetDown, AssetMemory, GetAssetRef, AssetUp, Crashed, GetStatus, Ping, Pong, Publish, Restart
+from .handlers import HandlerTable, handles
+from .messages import (AssetDown, AssetMemory, AssetUp, Crashed, GetAssetRef, GetStatus, Ping, Pong, Publish,
+                       Restart)
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +44,15 @@ class RestartPolicy:
 
     def __post_init__(self) -> None:
         if self.max_restarts < 0:
-            raise ValueError(f"max_restarts: must be >= 0, got {self.max_restarts}")
+            raise ConfigurationError(f"max_restarts: must be >= 0, got {self.max_restarts}")
         if self.window_s <= 0 or self.base_backoff_s < 0 or self.max_backoff_s < self.base_backoff_s:
-            raise ValueError(f"RestartPolicy: invalid window/backoff {self}")
+            raise ConfigurationError(f"RestartPolicy: invalid window/backoff {self}")
 
     def backoff(self, crashes: int) -> float:
         return min(self.max_backoff_s, self.base_backoff_s * 2 ** max(0, crashes - 1))
 
 
-class SupervisorActor(pykka.ThreadingActor):
+class SupervisorActor(HandlerTable, pykka.ThreadingActor):
     """Owns every asset actor's lifetime."""
 
     def __init__(self, specs: list[AssetSpec], links: dict[str, DeviceLink], *, io: IOThread, clock: Clock,
@@ -86,25 +89,32 @@ class SupervisorActor(pykka.ThreadingActor):
         self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Ping):
-            return Pong(self._handled, {"assets": list(self._refs.values())})
-        if isinstance(message, GetAssetRef):
-            return self._refs.get(message.asset_id)
-        self._handled += 1
-        if isinstance(message, Crashed):
-            return self._crashed(message)
-        if isinstance(message, Restart):
-            self._timers.pop(message.asset_id, None)
-            if self._status.get(message.asset_id) == "restarting":
-                self._restarts[message.asset_id] = self._restarts.get(message.asset_id, 0) + 1
-                self._start_asset(message.asset_id)
-                self._publish(EventType.ASSET_RESTARTED, {"asset_id": message.asset_id,
-                                                          "restarts": self._restarts[message.asset_id]})
-            return None
-        if isinstance(message, GetStatus):
-            return dict(self._status)
-        raise TypeError(f"SupervisorActor: unexpected message {message!r}")
+        if type(message) not in (Ping, GetAssetRef, GetStatus):  # queries do not count towards quiescence
+            self._handled += 1
+        return self.handle(message)
 
+    @handles(Ping)
+    def _ping(self, message: Ping) -> Pong:
+        return Pong(self._handled, {"assets": list(self._refs.values())})
+
+    @handles(GetAssetRef)
+    def _get_asset_ref(self, message: GetAssetRef) -> "pykka.ActorRef[Any] | None":
+        return self._refs.get(message.asset_id)
+
+    @handles(GetStatus)
+    def _get_status(self, message: GetStatus) -> dict[str, str]:
+        return dict(self._status)
+
+    @handles(Restart)
+    def _restart(self, message: Restart) -> None:
+        self._timers.pop(message.asset_id, None)
+        if self._status.get(message.asset_id) == "restarting":
+            self._restarts[message.asset_id] = self._restarts.get(message.asset_id, 0) + 1
+            self._start_asset(message.asset_id)
+            self._publish(EventType.ASSET_RESTARTED, {"asset_id": message.asset_id,
+                                                      "restarts": self._restarts[message.asset_id]})
+
+    @handles(Crashed)
     def _crashed(self, message: Crashed) -> None:
         asset_id, now = message.asset_id, self._clock.time()
         self._refs.pop(asset_id, None)

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 
+from runtime.core.errors import DeviceError
+
 if TYPE_CHECKING:  # pragma: no cover
-    from runtime.clock import Clock
-    from runtime.commands import Command
+    from runtime.core.clock import Clock
+    from runtime.core.commands import Command
 
 __all__ = [
     "Outcome", "DeviceResult", "StatusReport", "Telemetry", "LinkUp", "LinkDown", "CommandProgress",
@@ -45,9 +47,6 @@ class DeviceResult:
     reason: str | None = None
     detail: Mapping[str, Any] = field(default_factory=dict)
 
-
-class DeviceError(Exception):
-    """Raised by a link for a failure it could not turn into a DeviceResult itself."""
 
 
 # ---- what a device reports on its own, through the sink -------------------------------------------

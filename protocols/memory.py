@@ -13,11 +13,11 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
-from .base import (CommandProgress, CrashRequest, DeviceContext, DeviceEvent, DeviceLink, DeviceResult,
-                   DeviceSink, LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
+from .base import (CommandProgress, CrashRequest, DeviceContext, DeviceEvent, DeviceLink, DeviceResult, DeviceSink,
+                   LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from runtime.commands import Command
+    from runtime.core.commands import Command
 
 __all__ = ["InMemoryDevice", "AppliedCommand"]
 

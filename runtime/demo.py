@@ -13,9 +13,9 @@ from typing import Callable, TextIO
 
 import pandas as pd
 
-from .assets import BatterySpec, ChargerSpec
-from .clock import VirtualClock
-from .events import Event, EventType
+from .core.assets import BatterySpec, ChargerSpec
+from .core.clock import VirtualClock
+from .core.events import Event, EventType
 from .site import Site
 
 START = datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc)

@@ -11,7 +11,7 @@ interval).
 ``max_charge_kw``, ``max_discharge_kw``, ``capacity_kwh`` for batteries). Devices are in-memory.
 
 ``[schedule]``: ``csv`` (path relative to the scenario file; first column the timestamps, then kW
-columns named as for :func:`~runtime.schedule.schedule_to_commands`) and ``asset_map``.
+columns named as for :func:`~runtime.core.schedule.schedule_to_commands`) and ``asset_map``.
 
 ``[[events]]``: fault injection at ``at_s`` seconds after start on ``asset``: ``action`` is one of
 status (``value`` a state name), reject (``value`` the reason, or "" to stop rejecting), fail_next
@@ -35,15 +35,13 @@ import pandas as pd
 
 from protocols.memory import InMemoryDevice
 
-from .assets import AssetSpec, BatterySpec, ChargerSpec
-from .clock import VirtualClock
+from .core.assets import AssetSpec, BatterySpec, ChargerSpec
+from .core.clock import VirtualClock
+from .core.errors import ScenarioError
 from .site import Site
 
 __all__ = ["Scenario", "ScenarioError", "load_scenario", "run_scenario"]
 
-
-class ScenarioError(ValueError):
-    """A scenario file that cannot be run (names the file, the field and the value)."""
 
 
 @dataclass(frozen=True)

@@ -26,24 +26,25 @@ import pandas as pd
 import pykka
 
 from actors.dispatcher import DispatcherActor
-from actors.events import EventActor
+from actors.event_actor import EventActor
 from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, ListCommands, Ping,
                              SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
 from protocols.base import DeviceLink
 from protocols.memory import InMemoryDevice
 
-from .assets import AssetSpec
-from .batch import CommandBatch
-from .clock import Clock, RealClock, VirtualClock
-from .command_table import CommandTable
-from .commands import FINAL_STATUSES, Command, CommandStatus
-from .events import Event, EventType
-from .iothread import IOThread
-from .journal import Journal
-from .recovery import recover
-from .retry import RetryPolicy
-from .schedule import schedule_to_commands
+from .core.assets import AssetSpec
+from .core.batch import CommandBatch
+from .core.clock import Clock, RealClock, VirtualClock
+from .core.command_table import CommandTable
+from .core.commands import FINAL_STATUSES, Command, CommandStatus
+from .core.errors import ConfigurationError, SiteNotRunning, UnknownAsset
+from .core.events import Event, EventType
+from .core.iothread import IOThread
+from .core.journal import Journal
+from .core.recovery import recover
+from .core.retry import RetryPolicy
+from .core.schedule import schedule_to_commands
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ __all__ = ["Site", "SiteEvents", "UnknownAsset", "SiteNotRunning", "RestartPolic
 ASK_TIMEOUT_S = 30.0
 
 
-class UnknownAsset(KeyError):
-    """A command or schedule names an asset the site does not have."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class SiteNotRunning(RuntimeError):
-    """The site has not been started, or has been stopped."""
 
 
 class SiteEvents:
@@ -96,10 +88,10 @@ class Site:
     Parameters
     ----------
     assets:
-        The site's assets (:func:`~runtime.assets.ChargerSpec`, :func:`~runtime.assets.BatterySpec`).
+        The site's assets (:func:`~runtime.core.assets.ChargerSpec`, :func:`~runtime.core.assets.BatterySpec`).
         An asset with ``device=None`` gets an in-memory simulated device (see :meth:`device`).
     clock:
-        Defaults to :class:`~runtime.clock.RealClock`. With a :class:`~runtime.clock.VirtualClock`,
+        Defaults to :class:`~runtime.core.clock.RealClock`. With a :class:`~runtime.core.clock.VirtualClock`,
         time moves only through :meth:`advance`.
     journal_dir:
         Directory for ``commands.jnl`` and ``events.jnl``. A site started on an existing journal
@@ -134,10 +126,10 @@ class Site:
             if not isinstance(spec, AssetSpec):
                 raise TypeError(f"assets: expected AssetSpec, got {spec!r}")
             if spec.asset_id in seen:
-                raise ValueError(f"assets: duplicate asset_id {spec.asset_id!r}")
+                raise ConfigurationError(f"assets: duplicate asset_id {spec.asset_id!r}")
             seen.add(spec.asset_id)
         if fsync not in ("always", "batch", "never"):
-            raise ValueError(f"fsync: must be 'always', 'batch' or 'never', got {fsync!r}")
+            raise ConfigurationError(f"fsync: must be 'always', 'batch' or 'never', got {fsync!r}")
         self._specs = {s.asset_id: s for s in specs}
         self._links: dict[str, DeviceLink] = {s.asset_id: s.device or InMemoryDevice(s.asset_id) for s in specs}
         self._owns_clock = clock is None
@@ -296,7 +288,7 @@ class Site:
 
     def submit_schedule(self, schedule: pd.DataFrame, asset_map: Mapping[str, str] | None = None, *,
                         replace: bool = True, priority: int = 0) -> CommandBatch:
-        """Turn a schedule DataFrame into commands (see :func:`~runtime.schedule.schedule_to_commands`)
+        """Turn a schedule DataFrame into commands (see :func:`~runtime.core.schedule.schedule_to_commands`)
         and accept them as one batch. ``replace``: the batch's assets' pending commands from the
         schedule's first timestamp on are SUPERSEDED by it."""
         batch = schedule_to_commands(schedule, asset_map, created_at=self.clock.time(), priority=priority)

@@ -31,7 +31,7 @@ async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str =
 
 
 def read_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Evaluate ``fn`` on a simulator's I/O thread (``runtime.iothread.IOThread``): its state belongs there."""
+    """Evaluate ``fn`` on a simulator's I/O thread (``runtime.core.iothread.IOThread``): its state belongs there."""
     async def read() -> Any:
         return fn()
     return io.call(read(), timeout)

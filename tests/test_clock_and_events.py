@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from runtime.clock import RealClock, VirtualClock, to_epoch
-from runtime.events import Event, EventBus, EventType
+from runtime.core.clock import RealClock, VirtualClock, to_epoch
+from runtime.core.events import Event, EventBus, EventType
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -108,7 +108,7 @@ def test_subscribe_refuses_a_non_event_type():
 
 
 def test_event_record_reads_back_from_the_journal_as_plain_data(tmp_path):
-    from runtime.journal import Journal
+    from runtime.core.journal import Journal
     e = Event(EventType.STATE_CHANGED, T0, {"asset_id": "a", "when": T0, "kind": EventType.TELEMETRY,
                                             "pair": ("x", 1)})
     with Journal(tmp_path / "ev.jnl") as j:

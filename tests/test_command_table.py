@@ -7,19 +7,18 @@ retries up to 3 attempts with delays 1 s, 2 s (no jitter), ack timeout 10 s, com
 from __future__ import annotations
 
 import random
-import time
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
-from runtime.batch import CommandBatch
-from runtime.clock import to_datetime
-from runtime.command_table import Change, CommandTable
-from runtime.commands import (ALLOWED_TRANSITIONS, Command, CommandStatus, CommandType,
-                              InvalidCommandTransition)
-from runtime.events import EventType
-from runtime.retry import RetryPolicy
+from runtime.core.batch import CommandBatch
+from runtime.core.clock import to_datetime
+from runtime.core.command_table import Change, CommandTable
+from runtime.core.commands import (ALLOWED_TRANSITIONS, Command, CommandStatus, CommandType,
+                                   InvalidCommandTransition)
+from runtime.core.events import EventType
+from runtime.core.retry import RetryPolicy
 
 S = CommandStatus
 E = EventType

@@ -1,7 +1,7 @@
 """Specification of DispatchEngine: the synchronous seed API over the command table.
 
 The engine publishes one event per command change on its bus, in order; these tests read the bus.
-Schedules are stubbed (a fake ``runtime.schedule`` module returning a hand-built CommandBatch) and
+Schedules are stubbed (a fake ``runtime.core.schedule`` module returning a hand-built CommandBatch) and
 adapters are tiny fakes, so only the engine is under test here.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime.batch import CommandBatch
-from runtime.clock import to_datetime
-from runtime.commands import Command, CommandStatus, CommandType, InvalidCommandTransition
-from runtime.dispatch import DispatchEngine
-from runtime.events import Event, EventBus, EventType
-from runtime.retry import RetryPolicy
-from runtime.statemachine import battery_machine, ev_charger_machine
+from runtime.core.batch import CommandBatch
+from runtime.core.clock import to_datetime
+from runtime.core.commands import Command, CommandStatus, CommandType, InvalidCommandTransition
+from runtime.core.events import Event, EventBus, EventType
+from runtime.core.retry import RetryPolicy
+from runtime.core.statemachine import battery_machine, ev_charger_machine
+from runtime.engine.dispatch import DispatchEngine
 
 S = CommandStatus
 E = EventType
@@ -236,16 +236,16 @@ def _batch(batch_id: str, offsets: list[float], codes: list[int], assets: list[s
 
 @pytest.fixture
 def fake_schedule(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any, dict[str, Any]]]:
-    """Replace runtime.schedule: the 'schedule' argument is a tuple (batch_id, offsets, codes, assets)."""
+    """Replace runtime.core.schedule: the 'schedule' argument is a tuple (batch_id, offsets, codes, assets)."""
     calls: list[tuple[Any, Any, dict[str, Any]]] = []
 
     def schedule_to_commands(df: Any, asset_map: Any = None, **kw: Any) -> CommandBatch:
         calls.append((df, asset_map, kw))
         return _batch(*df, created_at=kw.get("created_at"))
 
-    module = types.ModuleType("runtime.schedule")
+    module = types.ModuleType("runtime.core.schedule")
     module.schedule_to_commands = schedule_to_commands  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "runtime.schedule", module)
+    monkeypatch.setitem(sys.modules, "runtime.core.schedule", module)
     return calls
 
 

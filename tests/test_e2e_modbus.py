@@ -14,7 +14,6 @@ a condition fed by the site's events; simulator facts are polled (bounded) on th
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any, Callable
 
 import pandas as pd
@@ -23,15 +22,15 @@ import pytest
 from protocols.modbus import ModbusBatteryLink, RegisterMap, sunspec_map
 from protocols.modbus.register_map import BatteryRegisterMap
 from protocols.sim.battery import BatterySim
-from runtime.assets import BatterySpec
-from runtime.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id
-from runtime.events import EventType
-from runtime.iothread import IOThread
-from runtime.retry import RetryPolicy
+from runtime.core.assets import BatterySpec
+from runtime.core.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id
+from runtime.core.events import EventType
+from runtime.core.iothread import IOThread
+from runtime.core.retry import RetryPolicy
 from runtime.site import Site
 
-from .test_e2e_ocpp import Recorder, in_order, wait_command
 from .asyncsupport import read_on, until_on
+from .test_e2e_ocpp import Recorder, in_order, wait_command
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
 

@@ -18,12 +18,13 @@ import pytest
 
 from protocols.ocpp import OcppChargerLink
 from protocols.sim.chargepoint import ChargePointSim
-from runtime.assets import ChargerSpec
-from runtime.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id
-from runtime.events import Event, EventType
-from runtime.iothread import IOThread
-from runtime.retry import RetryPolicy
+from runtime.core.assets import ChargerSpec
+from runtime.core.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id
+from runtime.core.events import Event, EventType
+from runtime.core.iothread import IOThread
+from runtime.core.retry import RetryPolicy
 from runtime.site import Site
+
 from .asyncsupport import read_on, until_on
 
 VERSIONS = ["1.6", "2.0.1"]

@@ -1,4 +1,4 @@
-"""Journal (runtime.journal) and journal recovery (runtime.recovery)."""
+"""Journal (runtime.core.journal) and journal recovery (runtime.core.recovery)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import msgpack
 import numpy as np
 import pytest
 
-import runtime.journal as journal_mod
-from runtime.batch import CommandBatch
-from runtime.commands import Command, CommandStatus, CommandType
-from runtime.events import Event, EventType
-from runtime.journal import MAGIC, Journal, JournalCorrupt
-from runtime.recovery import RecoveredState, non_final, recover, recover_records
+import runtime.core.journal as journal_mod
+from runtime.core.batch import CommandBatch
+from runtime.core.commands import Command, CommandStatus, CommandType
+from runtime.core.events import Event, EventType
+from runtime.core.journal import MAGIC, Journal, JournalCorrupt
+from runtime.core.recovery import RecoveredState, non_final, recover, recover_records
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 RECORDS = [{"k": "ev", "n": i, "name": f"r{i}", "blob": bytes([i]) * i} for i in range(5)]
@@ -269,7 +269,7 @@ def test_torn_last_record_is_skipped_with_a_warning_and_cut_off_before_appending
     tear(path, last)
     good = RECORDS[:-1]
 
-    with caplog.at_level(logging.WARNING, logger="runtime.journal"):
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
         assert list(Journal.read(path)) == good
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -277,7 +277,7 @@ def test_torn_last_record_is_skipped_with_a_warning_and_cut_off_before_appending
     assert str(path) in message and f"offset {last}" in message
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="runtime.journal"):
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
         with Journal(path) as j:
             assert j.truncated_bytes > 0 and j.records_at_open == len(good)
             assert os.path.getsize(path) == last
@@ -285,7 +285,7 @@ def test_torn_last_record_is_skipped_with_a_warning_and_cut_off_before_appending
     assert any(f"offset {last}" in r.getMessage() for r in caplog.records)
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="runtime.journal"):
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
         assert list(Journal.read(path)) == good + [{"k": "ev", "new": True}]
     assert caplog.records == []  # the journal is valid again
 

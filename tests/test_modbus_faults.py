@@ -19,7 +19,7 @@ import pytest
 from protocols.base import DeviceContext, LinkDown, LinkUp, Outcome, StatusReport, Telemetry
 from protocols.modbus import ModbusBatteryLink, RegisterMap, sunspec_map
 from protocols.modbus.register_map import BatteryRegisterMap, PointWrite, WriteBlock
-from runtime.commands import CommandType
+from runtime.core.commands import CommandType
 
 from .asyncsupport import settle as until
 from .test_modbus_link import Rig, cmd, run

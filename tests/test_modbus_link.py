@@ -17,13 +17,11 @@ from protocols.base import DeviceContext, LinkDown, LinkUp, Outcome, Telemetry
 from protocols.modbus import ModbusBatteryLink, RegisterMap, RegisterMapError, sunspec_map
 from protocols.modbus.register_map import sunspec_model_points
 from protocols.sim.battery import BatterySim
-from runtime.clock import VirtualClock
-from runtime.commands import Command, CommandType, new_command_id
+from runtime.core.clock import VirtualClock
+from runtime.core.commands import Command, CommandType, new_command_id
 
+from .asyncsupport import run as shared_run, settle as until
 from .conftest import T0
-
-from .asyncsupport import run as shared_run
-from .asyncsupport import settle as until
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]
 

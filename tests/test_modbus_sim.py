@@ -18,8 +18,8 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from protocols.base import DeviceContext, Outcome
 from protocols.modbus import ModbusBatteryLink, sunspec_map
 from protocols.sim.battery import BatterySim
-from runtime.clock import VirtualClock
-from runtime.commands import Command, CommandType, new_command_id
+from runtime.core.clock import VirtualClock
+from runtime.core.commands import Command, CommandType, new_command_id
 
 from .conftest import T0
 from .test_modbus_link import run
@@ -217,13 +217,12 @@ def test_sunspec_revert_timer_in_the_simulator():
 
 # ------------------------------------------------------------------------------------------- CLI
 
-CLI = ("import argparse, sys; from protocols.sim.battery import add_sim_battery_arguments, run_sim_battery; "
-       "p = add_sim_battery_arguments(argparse.ArgumentParser()); sys.exit(run_sim_battery(p.parse_args()))")
+CLI = ("-m", "runtime.cli", "sim", "battery")
 
 
 async def spawn_cli(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CLI, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable, *CLI, *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

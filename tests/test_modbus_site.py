@@ -10,14 +10,14 @@ import pytest
 
 from protocols.modbus import ModbusBatteryLink, RegisterMap, sunspec_map
 from protocols.sim.battery import BatterySim
-from runtime.assets import BatterySpec
-from runtime.clock import VirtualClock
-from runtime.commands import Command, CommandStatus, CommandType, new_command_id
-from runtime.iothread import IOThread
+from runtime.core.assets import BatterySpec
+from runtime.core.clock import VirtualClock
+from runtime.core.commands import Command, CommandStatus, CommandType, new_command_id
+from runtime.core.iothread import IOThread
 from runtime.site import Site
 
-from .conftest import T0
 from .asyncsupport import wait_until
+from .conftest import T0
 from .test_modbus_link import CUSTOM
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]

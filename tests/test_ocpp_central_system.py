@@ -15,13 +15,16 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from protocols.ocpp import CentralSystem, ChargerNotConnected
-from protocols.ocpp.central_system import charge_point_id_from_path, parse_meter_values, parse_rate_unit
-from protocols.ocpp.events import (ChargerOffline, ChargerOnline, ConnectorStatus, MeterReading, TransactionEnded,
-                                   TransactionStarted)
+from protocols.ocpp.central_system import charge_point_id_from_path
 from protocols.ocpp.mapping import (OCPP16_STATUS, OCPP201_CHARGING_STATE, OCPP201_CONNECTOR_STATUS,
                                     state_for_201_connector_status, state_for_201_transaction_event)
-from protocols.sim.chargepoint import ChargePointSim, fleet_ids, start_fleet
-from runtime.statemachine import EVChargerState
+from protocols.ocpp.meter import parse_meter_values
+from protocols.ocpp.notifications import (ChargerOffline, ChargerOnline, ConnectorStatus, MeterReading,
+                                          TransactionEnded, TransactionStarted)
+from protocols.ocpp.records import parse_rate_unit
+from protocols.sim.chargepoint import ChargePointSim
+from protocols.sim.fleet import fleet_ids, start_fleet
+from runtime.core.statemachine import EVChargerState
 
 VERSIONS = ["1.6", "2.0.1"]
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
@@ -339,7 +342,7 @@ def test_sim_cli_runs_a_fleet_until_sigterm() -> None:
     async def body() -> None:
         async with Bench() as b:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "protocols.sim.chargepoint", "--count", "3", "--url", b.cs.url,
+                sys.executable, "-m", "runtime.cli", "sim", "ocpp", "--count", "3", "--url", b.cs.url,
                 "--version", "2.0.1", "--id-prefix", "CLI", "--meter-interval", "0", "--log-level", "WARNING")
             try:
                 await settle(lambda: len(b.cs.online_ids()) == 3, timeout=15, what="3 CLI charge points online")

@@ -22,8 +22,8 @@ import pytest
 
 from protocols.base import CommandProgress, DeviceContext, LinkUp, Outcome, StatusReport
 from protocols.ocpp import CentralSystem, OcppChargerLink
-from runtime.clock import RealClock
-from runtime.commands import Command, CommandType
+from runtime.core.clock import RealClock
+from runtime.core.commands import Command, CommandType
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 

@@ -18,8 +18,8 @@ from protocols.base import (CommandProgress, DeviceContext, DeviceError, LinkDow
                             Telemetry)
 from protocols.ocpp import CentralSystem, OcppChargerLink
 from protocols.sim.chargepoint import ChargePointSim
-from runtime.clock import RealClock
-from runtime.commands import Command, CommandType
+from runtime.core.clock import RealClock
+from runtime.core.commands import Command, CommandType
 
 VERSIONS = ["1.6", "2.0.1"]
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
@@ -581,9 +581,9 @@ def test_a_late_message_of_an_ended_transaction_does_not_bring_it_back(version: 
 
 def test_charge_rate_sent_as_soon_as_a_16_transaction_is_recorded_reaches_the_charger_after_its_id(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from protocols.ocpp import central_system
+    from protocols.ocpp.v16.central import ChargePoint16Connection
 
-    send = central_system._ChargePoint16Conn._send
+    send = ChargePoint16Connection._send
 
     async def slow_answers(self: Any, message: str) -> None:
         # The central system's answers leave a few loop turns late (a busy socket): a transaction recorded
@@ -593,7 +593,7 @@ def test_charge_rate_sent_as_soon_as_a_16_transaction_is_recorded_reaches_the_ch
                 await asyncio.sleep(0)
         await send(self, message)
 
-    monkeypatch.setattr(central_system._ChargePoint16Conn, "_send", slow_answers)
+    monkeypatch.setattr(ChargePoint16Connection, "_send", slow_answers)
 
     async def body() -> None:
         async with Rig("1.6") as r:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
-from runtime.scenario import ScenarioError, load_scenario, run_scenario
+from runtime.core.errors import ScenarioError
+from runtime.scenario import load_scenario, run_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runtime.batch import CommandBatch
-from runtime.bench_schedule import make_bench_schedule, reference_row_by_row
-from runtime.commands import CommandStatus, CommandType
-from runtime.schedule import ScheduleError, parse_column, schedule_to_commands
+from runtime.bench.schedule import make_bench_schedule, reference_row_by_row
+from runtime.core.batch import CommandBatch
+from runtime.core.commands import CommandStatus, CommandType
+from runtime.core.schedule import ScheduleError, parse_column, schedule_to_commands
 
 T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
 CR, DR = CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE

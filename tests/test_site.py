@@ -11,7 +11,7 @@ import pytest
 from actors.supervisor import RestartPolicy
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, EventType,
                      RetryPolicy, Site, UnknownAsset, VirtualClock)
-from runtime.journal import Journal
+from runtime.core.journal import Journal
 
 from .conftest import T0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.events import EventBus, EventType
-from runtime.statemachine import (BatteryState as B, EVChargerState as E, InvalidTransition, StateMachine,
-                                  Transition, battery_machine, ev_charger_machine)
+from runtime.core.events import EventBus, EventType
+from runtime.core.statemachine import (BatteryState as B, EVChargerState as E, InvalidTransition, StateMachine,
+                                       Transition, battery_machine, ev_charger_machine)
 
 # The tables exactly as the issue states them: trigger -> {source: destination}.
 EV_TABLE = {

@@ -50,14 +50,15 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from protocols.base import (DeviceContext, DeviceEvent, DeviceLink, DeviceResult, DeviceSink, LinkDown, LinkUp,
                             Outcome, StatusReport, Telemetry)
-from runtime.adapters import decode_value
-from runtime.commands import CommandType
+from runtime.core.commands import CommandType
+from runtime.core.errors import ConfigurationError
 
+from .codec import decode_value
 from .register_map import BatteryRegisterMap, RegisterMapError, WriteBlock, load_register_map
 
 if TYPE_CHECKING:  # pragma: no cover
-    from runtime.clock import TimerHandle
-    from runtime.commands import Command
+    from runtime.core.clock import TimerHandle
+    from runtime.core.commands import Command
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +100,19 @@ class ModbusBatteryLink(DeviceLink):
                  reconnect_delay_max: float = 10.0, poll_interval_s: float = 5.0, verify: bool = True,
                  name: str | None = None) -> None:
         if not isinstance(host, str) or not host:
-            raise ValueError(f"host: must be a non-empty string, got {host!r}")
+            raise ConfigurationError(f"host: must be a non-empty string, got {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port: must be an integer in 1..65535, got {port!r}")
+            raise ConfigurationError(f"port: must be an integer in 1..65535, got {port!r}")
         if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id <= 255:
-            raise ValueError(f"device_id: must be an integer in 0..255, got {device_id!r}")
+            raise ConfigurationError(f"device_id: must be an integer in 0..255, got {device_id!r}")
         for key, v in (("timeout", timeout), ("reconnect_delay", reconnect_delay),
                        ("reconnect_delay_max", reconnect_delay_max), ("poll_interval_s", poll_interval_s)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{key}: must be a number > 0, got {v!r}")
+                raise ConfigurationError(f"{key}: must be a number > 0, got {v!r}")
         if reconnect_delay_max < reconnect_delay:
-            raise ValueError(f"reconnect_delay_max ({reconnect_delay_max}) must be >= reconnect_delay ({reconnect_delay})")
+            raise ConfigurationError(f"reconnect_delay_max ({reconnect_delay_max}) must be >= reconnect_delay ({reconnect_delay})")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries: must be an integer >= 0, got {retries!r}")
+            raise ConfigurationError(f"retries: must be an integer >= 0, got {retries!r}")
         self.host, self.port, self.device_id = host, port, device_id
         self.register_map: BatteryRegisterMap = load_register_map(register_map)
         self.timeout, self.retries = float(timeout), retries

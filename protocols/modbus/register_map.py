@@ -3,10 +3,10 @@
 A register map says, for one kind of battery, which holding registers a command writes and which
 registers hold the measurements the link polls. Two kinds exist, both :class:`BatteryRegisterMap`:
 
-:class:`RegisterMap` -- plain maps: one :class:`~runtime.adapters.RegisterSpec` per command type
-(values encoded with :func:`~runtime.adapters.encode_value`), plus read points.
+:class:`RegisterMap` -- plain maps: one :class:`~protocols.modbus.codec.RegisterSpec` per command type
+(values encoded with :func:`~protocols.modbus.codec.encode_value`), plus read points.
 
-* ``RegisterMap.default()`` is the seed map (:data:`runtime.adapters.DEFAULT_REGISTER_MAP`):
+* ``RegisterMap.default()`` is the seed map (:data:`protocols.modbus.codec.DEFAULT_REGISTER_MAP`):
 
   ==================  ========  ========  =====  ===============================================
   point               register  type      scale  meaning
@@ -80,9 +80,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from runtime.adapters import DEFAULT_REGISTER_MAP, RegisterSpec, decode_value, encode_value
-from runtime.commands import CommandType
-from runtime.statemachine import BatteryState
+from runtime.core.commands import CommandType
+from runtime.core.errors import RegisterMapError
+from runtime.core.statemachine import BatteryState
+
+from .codec import DEFAULT_REGISTER_MAP, RegisterSpec, decode_value, encode_value
 
 __all__ = [
     "BatteryRegisterMap", "RegisterMap", "SunSpecMap", "StatusPoint", "RegisterMapError", "PointWrite",
@@ -103,10 +105,6 @@ log = logging.getLogger(__name__)
 Reader = Callable[[int, int], Awaitable[list[int]]]
 """``await read(pdu_address, count) -> words``: how a map reads the device during :meth:`bind`."""
 
-
-class RegisterMapError(ValueError):
-    """A map that cannot be built (names the config key and value), or a command a map cannot express
-    on this device (the link answers REJECTED with this message)."""
 
 
 @dataclass(frozen=True, slots=True)

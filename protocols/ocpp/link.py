@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal
@@ -67,12 +66,15 @@ from ocpp.v201 import call as call201
 
 from protocols.base import (CommandProgress, DeviceContext, DeviceError, DeviceLink, DeviceResult, DeviceSink,
                             LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
-from runtime.commands import Command, CommandType
+from runtime.core.commands import Command, CommandType
+from runtime.core.errors import ChargerNotConnected, ConfigurationError
 
-from .central_system import CentralSystem, ChargePointRecord, ChargerNotConnected
-from .events import (ChargerOffline, ChargerOnline, ConnectorStatus, MeterReading, OcppEvent, TransactionEnded,
-                     TransactionStarted)
+from .central_system import CentralSystem
 from .mapping import station_wide_16
+from .notifications import (ChargerOffline, ChargerOnline, ConnectorStatus, MeterReading, OcppEvent,
+                            TransactionEnded, TransactionStarted)
+from .profiles import charging_limit, set_charging_profile
+from .records import ChargePointRecord
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +98,25 @@ class OcppChargerLink(DeviceLink):
                  power_limit_profile: Literal["station_max", "tx"] = "station_max",
                  default_profile_target: Literal["connector", "station"] = "connector") -> None:
         if not isinstance(charge_point_id, str) or not charge_point_id:
-            raise ValueError(f"charge_point_id: must be a non-empty string, got {charge_point_id!r}")
+            raise ConfigurationError(f"charge_point_id: must be a non-empty string, got {charge_point_id!r}")
         for name, v, low in (("connector_id", connector_id, 1), ("evse_id", evse_id, 1),
                              ("profile_id", profile_id, 0), ("stack_level", stack_level, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+                raise ConfigurationError(f"{name}: must be an integer >= {low}, got {v!r}")
         if isinstance(voltage, bool) or not isinstance(voltage, (int, float)) or not voltage > 0:
-            raise ValueError(f"voltage: must be a number > 0, got {voltage!r}")
+            raise ConfigurationError(f"voltage: must be a number > 0, got {voltage!r}")
         if phases not in (1, 2, 3) or isinstance(phases, bool):
-            raise ValueError(f"phases: must be 1, 2 or 3, got {phases!r}")
+            raise ConfigurationError(f"phases: must be 1, 2 or 3, got {phases!r}")
         if not call_timeout > 0:
-            raise ValueError(f"call_timeout: must be > 0, got {call_timeout!r}")
+            raise ConfigurationError(f"call_timeout: must be > 0, got {call_timeout!r}")
         if profile_kind not in ("Absolute", "Relative"):
-            raise ValueError(f"profile_kind: must be 'Absolute' or 'Relative', got {profile_kind!r}")
+            raise ConfigurationError(f"profile_kind: must be 'Absolute' or 'Relative', got {profile_kind!r}")
         if power_limit_profile not in ("station_max", "tx"):
-            raise ValueError(f"power_limit_profile: must be 'station_max' or 'tx', got {power_limit_profile!r}")
+            raise ConfigurationError(f"power_limit_profile: must be 'station_max' or 'tx', got {power_limit_profile!r}")
         if default_profile_target not in ("connector", "station"):
-            raise ValueError(f"default_profile_target: must be 'connector' or 'station', got {default_profile_target!r}")
+            raise ConfigurationError(f"default_profile_target: must be 'connector' or 'station', got {default_profile_target!r}")
         if not isinstance(id_tag, str) or not 0 < len(id_tag) <= 20:
-            raise ValueError(f"id_tag: must be a string of 1..20 characters, got {id_tag!r}")
+            raise ConfigurationError(f"id_tag: must be a string of 1..20 characters, got {id_tag!r}")
         self.charge_point_id = charge_point_id
         self.connector_id = connector_id
         self.evse_id = evse_id
@@ -274,41 +276,20 @@ class OcppChargerLink(DeviceLink):
         detail["status"] = status
         return DeviceResult(Outcome.REJECTED, reason, detail)
 
-    def _limit(self, kw: float, unit: str) -> float:
-        watts = max(0.0, float(kw)) * 1000.0
-        value = watts if unit == "W" else watts / (self.voltage * self.phases)
-        return math.floor(value * 10 + 1e-6) / 10
-
-    def _start_schedule(self, command: Command) -> str:
+    def _start_schedule(self, command: Command) -> datetime:
         now = self._ctx.clock.now() if self._ctx is not None else datetime.now(timezone.utc)
-        start = min(command.scheduled_time, now).astimezone(timezone.utc).replace(microsecond=0)
-        return start.isoformat().replace("+00:00", "Z")
+        return min(command.scheduled_time, now)
 
     def _profile_payload(self, rec: ChargePointRecord, command: Command, purpose: str, profile_id: int,
                          target: int, tx: int | str | None, limit: float, unit: str) -> Any:
-        period: dict[str, Any] = {"start_period": 0, "limit": limit}
-        if unit == "A":
-            period["number_phases"] = self.phases
-        schedule: dict[str, Any] = {"charging_rate_unit": unit, "charging_schedule_period": [period]}
-        if self.profile_kind == "Absolute":
-            schedule["start_schedule"] = self._start_schedule(command)
-        profile: dict[str, Any] = {"stack_level": self.stack_level, "charging_profile_purpose": purpose,
-                                   "charging_profile_kind": self.profile_kind}
-        if rec.version == "2.0.1":
-            profile["id"] = profile_id
-            profile["charging_schedule"] = [{"id": profile_id, **schedule}]
-            if tx is not None:
-                profile["transaction_id"] = str(tx)
-            return call201.SetChargingProfile(evse_id=target, charging_profile=profile)
-        profile["charging_profile_id"] = profile_id
-        profile["charging_schedule"] = schedule
-        if tx is not None:
-            profile["transaction_id"] = int(tx)
-        return call16.SetChargingProfile(connector_id=target, cs_charging_profiles=profile)
+        return set_charging_profile(
+            rec.version or "1.6", target=target, profile_id=profile_id, purpose=purpose, limit=limit, unit=unit,
+            kind=self.profile_kind, stack_level=self.stack_level, start_schedule=self._start_schedule(command),
+            number_phases=self.phases, transaction_id=tx)
 
     async def _set_limit(self, command: Command, rec: ChargePointRecord) -> DeviceResult:
         unit = rec.rate_unit if rec.rate_unit in ("W", "A") else "W"
-        limit = self._limit(command.value, unit)
+        limit = charging_limit(command.value, unit, voltage=self.voltage, phases=self.phases)
         station = command.command_type is CommandType.SET_POWER_LIMIT and self.power_limit_profile == "station_max"
         for attempt in (1, 2):
             if station:

@@ -1,6 +1,6 @@
 """OCPP status -> EV charger state machine, as data.
 
-The asset actor's charger machine has seven states (:class:`runtime.statemachine.EVChargerState`).
+The asset actor's charger machine has seven states (:class:`runtime.core.statemachine.EVChargerState`).
 OCPP 1.6 reports nine connector statuses in StatusNotification; OCPP 2.0.1 reports five connector
 statuses in StatusNotification and the charging detail in TransactionEvent
 ``transactionInfo.chargingState``. Every value maps to exactly one state name:
@@ -47,7 +47,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
-from runtime.statemachine import EVChargerState
+from runtime.core.statemachine import EVChargerState
 
 __all__ = [
     "OCPP16_STATUS", "OCPP201_CONNECTOR_STATUS", "OCPP201_CHARGING_STATE", "state_for_16_status",

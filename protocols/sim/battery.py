@@ -24,7 +24,7 @@ Behaviour:
 * The actual power is the setpoint within the limits and the power limit (plain SET_POWER_LIMIT /
   SunSpec WChaMax); it is 0 when charging at 100 % or at the SoC target (plain SET_SOC_TARGET: charging
   stops there) and when discharging at 0 %. SoC integrates the actual power over the ``clock``'s time
-  (``runtime.clock.Clock``; None = real monotonic time), exactly, piecewise, clamped to 0..100.
+  (``runtime.core.clock.Clock``; None = real monotonic time), exactly, piecewise, clamped to 0..100.
 * SunSpec revert timers: a rate written with ``InOutWRte_RvrtTms`` > 0 (or ``WSetRvrtTms`` > 0 for
   704) falls back to 0 W (StorCtl_Mod = 0 / WSetEna = 0) that many clock seconds later.
 
@@ -38,19 +38,15 @@ listens again on the same port (``reboot=True`` also forgets the setpoints, as a
 All coroutines and properties belong to the loop the simulator was started on; ``set_exception`` and
 ``set_silent`` only flip flags and are safe from any thread.
 
-CLI: ``coordinator sim battery --port 5020 [--count N] [--map default|sunspec] [--capacity-kwh ...]``
-(:func:`add_sim_battery_arguments`, :func:`run_sim_battery`).
+The ``coordinator sim battery`` command that runs simulators as a process is :mod:`runtime.cli.sim_battery`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
 import math
-import signal
-import sys
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,18 +55,19 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from protocols.modbus.codec import RegisterSpec, decode_value, encode_value
 from protocols.modbus.register_map import (SUNS_MARKER, SUNSPEC_UNIMPLEMENTED, BatteryRegisterMap, RegisterMap,
                                            RegisterMapError, SunSpecMap, load_register_map, sunspec_map,
                                            sunspec_model_points)
-from runtime.adapters import RegisterSpec, decode_value, encode_value
-from runtime.commands import CommandType
+from runtime.core.commands import CommandType
+from runtime.core.errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from runtime.clock import Clock
+    from runtime.core.clock import Clock
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BatterySim", "add_sim_battery_arguments", "run_sim_battery", "exception_code"]
+__all__ = ["BatterySim", "exception_code"]
 
 _EPS = 1e-9
 _NAMES = {"ILLEGAL_DATA_ADDRESS": ExcCodes.ILLEGAL_ADDRESS, "ILLEGAL_DATA_VALUE": ExcCodes.ILLEGAL_VALUE,
@@ -141,11 +138,11 @@ class BatterySim:
         for key, v in (("capacity_kwh", capacity_kwh), ("max_charge_kw", max_charge_kw),
                        ("max_discharge_kw", max_discharge_kw)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"{key}: must be a finite number > 0, got {v!r}")
+                raise ConfigurationError(f"{key}: must be a finite number > 0, got {v!r}")
         if not 0 <= soc_pct <= 100:
-            raise ValueError(f"soc_pct: must be in 0..100, got {soc_pct!r}")
+            raise ConfigurationError(f"soc_pct: must be in 0..100, got {soc_pct!r}")
         if over_limit not in ("reject", "clamp"):
-            raise ValueError(f"over_limit: must be 'reject' or 'clamp', got {over_limit!r}")
+            raise ConfigurationError(f"over_limit: must be 'reject' or 'clamp', got {over_limit!r}")
         self.capacity_kwh, self.max_charge_kw, self.max_discharge_kw = float(capacity_kwh), float(max_charge_kw), float(max_discharge_kw)
         self.register_map = load_register_map(register_map)
         self.clock, self.host, self.device_id, self.name = clock, host, device_id, name
@@ -171,7 +168,7 @@ class BatterySim:
         elif isinstance(self.register_map, RegisterMap):
             self._backend = _PlainBackend(self, self.register_map)
         else:
-            raise ValueError(f"register_map: {self.register_map!r} is not a map the simulator knows")
+            raise ConfigurationError(f"register_map: {self.register_map!r} is not a map the simulator knows")
         self._backend.build()
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -704,75 +701,3 @@ class _SunSpecBackend(_Backend):
             self.revert_704 = None
             self.set(image, 704, "WSetEna", 0)
             log.info("%s: 704 WSet reverted after WSetRvrtTms", self.sim.name)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-def add_sim_battery_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``coordinator sim battery``."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5020,
-                        help="TCP port of the first battery; battery i listens on port+i (0 = any free port)")
-    parser.add_argument("--count", type=int, default=1, help="number of batteries (default 1)")
-    parser.add_argument("--map", dest="map", choices=("default", "sunspec"), default="default",
-                        help="register map: the default seed map or the SunSpec profile")
-    parser.add_argument("--sunspec-control", choices=("storage", "der"), default="storage",
-                        help="SunSpec: which model the link drives (the simulator serves both)")
-    parser.add_argument("--device-id", type=int, default=1, help="Modbus unit id (default 1)")
-    parser.add_argument("--capacity-kwh", type=float, default=100.0)
-    parser.add_argument("--max-charge-kw", type=float, default=50.0)
-    parser.add_argument("--max-discharge-kw", type=float, default=50.0)
-    parser.add_argument("--soc", type=float, default=50.0, help="initial state of charge in %% (default 50)")
-    return parser
-
-
-def run_sim_battery(args: argparse.Namespace) -> int:
-    """Run ``args.count`` simulators until SIGINT/SIGTERM; 0 on a clean stop, 1 when they cannot start."""
-    if args.count < 1:
-        print("sim battery: --count must be >= 1", file=sys.stderr)
-        return 2
-    if not (args.port == 0 or 0 < args.port and args.port + args.count - 1 <= 65535):
-        print(f"sim battery: ports {args.port}..{args.port + args.count - 1} are not valid TCP ports", file=sys.stderr)
-        return 2
-    try:
-        register_map = (sunspec_map(control=args.sunspec_control) if args.map == "sunspec" else RegisterMap.default())
-        sims = [BatterySim(args.capacity_kwh, args.max_charge_kw, args.max_discharge_kw, args.soc,
-                           register_map=register_map, host=args.host,
-                           port=0 if args.port == 0 else args.port + i, device_id=args.device_id,
-                           name=f"battery-{i}") for i in range(args.count)]
-    except (ValueError, RegisterMapError) as e:
-        print(f"sim battery: {e}", file=sys.stderr)
-        return 2
-    return asyncio.run(_serve(sims))
-
-
-async def _serve(sims: list[BatterySim]) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
-            pass
-    started: list[BatterySim] = []
-    try:
-        for sim in sims:
-            await sim.start()
-            started.append(sim)
-            print(f"battery simulator {sim.name} listening on {sim.host}:{sim.port} unit {sim.device_id} "
-                  f"({sim.register_map.describe()})", flush=True)
-        print(f"{len(started)} battery simulator(s) running; Ctrl-C or SIGTERM stops them", flush=True)
-        await stop.wait()
-        return 0
-    except OSError as e:
-        print(f"sim battery: {e}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        for sim in started:
-            await sim.stop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        if started:
-            print(f"stopped {len(started)} battery simulator(s)", flush=True)

@@ -1,0 +1,74 @@
+"""``coordinator bench``: performance figures, printed (never asserted in the test suite).
+
+Parts (``--only NAME`` to run one), one module each:
+
+* ``schedule``   (:mod:`.schedule`) schedule_to_commands on 1,000 assets x 288 intervals vs a row-by-row
+                 reference, both timed in the same run.
+* ``throughput`` (:mod:`.throughput`) commands/s through dispatcher -> asset actor -> in-memory device ->
+                 ack -> COMPLETED, journal on, for steps of 1 and of 4 setpoints per battery, beside
+                 the bare-pykka ceiling measured in the same run.
+* ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors.
+* ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
+                 in separate processes), ours against a bare ocpp/pymodbus script (:mod:`.fleet_bare`).
+
+This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
+runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from .report import print_figures
+
+__all__ = ["run_bench", "TARGETS"]
+
+TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "throughput_per_s": 20_000.0,
+           "startup_s": 5.0, "startup_rss_mb": 600.0}
+
+
+def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Run the benchmark parts and print figures with their targets. Returns 0 (figures, not a test),
+    2 for an unknown part."""
+    out = out or sys.stdout
+    n = (lambda small, full: small) if quick else (lambda small, full: full)
+
+    def schedule() -> None:
+        from .schedule import run_schedule_bench
+        r = run_schedule_bench(n_assets=n(200, 1000))
+        print_figures(out, "schedule", r, [
+            (f"ours <= {TARGETS['schedule_ms']:g} ms", r["ours_ms"] <= TARGETS["schedule_ms"]),
+            (f"speedup >= {TARGETS['schedule_speedup']:g}x", r["speedup"] >= TARGETS["schedule_speedup"])])
+
+    def throughput() -> None:
+        from .throughput import bench_pykka_ceiling, bench_throughput
+        r = bench_pykka_ceiling(n_actors=n(200, 1000))
+        print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor design "
+                                           "with one thread per asset gets here", True)])
+        for channels in (1, 4):
+            r = bench_throughput(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
+            print_figures(out, "throughput", r, [
+                (f">= {TARGETS['throughput_per_s']:g} commands/s", r["commands_per_s"] >= TARGETS["throughput_per_s"]),
+                ("every command COMPLETED", r["all_completed"])])
+
+    def startup() -> None:
+        from .startup import bench_startup
+        r = bench_startup(n_assets=n(200, 2000))
+        print_figures(out, "startup", r, [
+            (f"start <= {TARGETS['startup_s']:g} s", r["start_s"] <= TARGETS["startup_s"]),
+            (f"rss <= {TARGETS['startup_rss_mb']:g} MB", r["rss_mb"] <= TARGETS["startup_rss_mb"])])
+
+    def fleet() -> None:
+        from .fleet import run_fleet_bench_part
+        run_fleet_bench_part(out, quick)
+
+    parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
+                                            "fleet": fleet}
+    for name in only or list(parts):
+        if name not in parts:
+            print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)
+            return 2
+        parts[name]()
+        out.flush()
+    return 0

@@ -1,0 +1,40 @@
+"""``coordinator bench --only startup``: start-up time, stop time and RSS of a site with many asset actors."""
+
+from __future__ import annotations
+
+import gc
+import resource
+import threading
+import time
+from typing import Any
+
+from runtime.core.assets import ChargerSpec
+from runtime.core.clock import VirtualClock
+from runtime.site import Site
+
+__all__ = ["bench_startup"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # pragma: no cover
+
+
+def bench_startup(n_assets: int = 2000) -> dict[str, Any]:
+    gc.collect()
+    rss0 = _rss_mb()
+    site = Site([ChargerSpec(f"ev-{i}", max_kw=22.0) for i in range(n_assets)], clock=VirtualClock())
+    t0 = time.perf_counter()
+    site.start()
+    site.settle(timeout=60)
+    started = time.perf_counter() - t0
+    rss = _rss_mb()
+    threads = threading.active_count()
+    t1 = time.perf_counter()
+    site.stop()
+    stopped = time.perf_counter() - t1
+    return {"assets": n_assets, "start_s": round(started, 3), "stop_s": round(stopped, 3),
+            "rss_mb": round(rss, 1), "rss_growth_mb": round(rss - rss0, 1), "threads": threads}
