@@ -24,7 +24,7 @@ import pykka
 
 from protocols.base import (CommandProgress, CrashRequest, DeviceContext, DeviceEvent, DeviceLink, DeviceResult,
                             LinkDown, LinkUp, Outcome, StatusReport, Telemetry)
-from runtime.core.assets import AssetSpec
+from runtime.core.assets import AssetSpec, AssetStatus
 from runtime.core.clock import Clock
 from runtime.core.commands import Command, CommandStatus, CommandType
 from runtime.core.events import Event, EventType
@@ -109,6 +109,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         # the device's answer, before the I/O task's result reached this actor): applied after the answer.
         self._early: dict[str, CommandProgress] = {}
         self._link_up = False
+        self._link_ever_up = False
         self._healthy_reported: bool | None = None
         self._handled = 0
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
@@ -186,8 +187,11 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self.handle(message.event)
 
     @handles(GetAssetState)
-    def _get_state(self, message: GetAssetState) -> str:
-        return self.sm.state.name
+    def _get_state(self, message: GetAssetState) -> AssetStatus:
+        link = "up" if self._link_up else "down" if self._link_ever_up else "never connected"
+        return AssetStatus(self.spec.asset_id, self.sm.state.name if self._link_up else "UNAVAILABLE",
+                           self.sm.state.name if self._link_ever_up else None, link, self._healthy,
+                           "" if self._healthy else self._health_reason)
 
     @handles(LinkStarted)
     def _link_started(self, message: LinkStarted) -> None:
@@ -358,6 +362,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
 
     def _set_link(self, up: bool, reason: str) -> None:
         self._link_up = up
+        self._link_ever_up = self._link_ever_up or up
         self._report_health(reason)
 
     def _report_health(self, reason: str = "") -> None:

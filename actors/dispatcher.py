@@ -7,14 +7,28 @@ steps of a burst are then committed together, like one Core Cycle: when the inbo
 a submission is answered) every change is journaled in one write and synced, one event per change
 is published in one message, and one clock timer is set for the table's next deadline.
 
+A burst is also committed when it grows long: after at most ``MAX_BURST_STEPS`` steps or
+``MAX_BURST_S`` seconds of real time, whatever the inbox holds, so a steady stream of messages can
+never starve the sends (a due command waits at most that long for its Execute).
+
+Every due command first passes the :class:`~runtime.core.policy.DispatchPolicy` (device limits): a
+refused one becomes REJECTED from PENDING and is never sent. Submitted commands are reviewed at once.
+
 Availability of an asset combines two facts: its actor is alive (AssetUp/AssetDown from the
 supervisor) and it is healthy (AssetHealth from the asset actor). Commands for an asset that is not
-both are HELD, and released when it is.
+both are HELD, and released when it is. ``ready`` (a future given by the Site) is set once every
+asset of the site has an actor and has reported its health: from then on a command for an asset that
+is up is sent, never HELD first.
+
+If a message handler raises, pykka stops the actor; ``on_failure(reason)`` (given by the Site) is then
+called in this actor's thread, so that the site can say it has failed.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pykka
@@ -23,6 +37,7 @@ from runtime.core.clock import Clock, TimerHandle
 from runtime.core.command_table import Change, CommandTable
 from runtime.core.commands import Command, CommandStatus, CommandType
 from runtime.core.events import Event, EventType
+from runtime.core.policy import DispatchPolicy
 
 from .handlers import HandlerTable, handles
 from .messages import (AssetDown, AssetHealth, AssetUp, CommandReports, Execute, GetCommand, GetCounts,
@@ -38,6 +53,9 @@ _VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m
 #: Messages answered without a step (nothing changes); submissions are committed before they are answered.
 _QUERIES = frozenset({Ping, GetCommand, ListCommands, GetCounts})
 _SUBMISSIONS = frozenset({SubmitCommands, SubmitBatch})
+#: A burst is committed after at most this many steps, or this many seconds of real time (see the module docstring).
+MAX_BURST_STEPS = 256
+MAX_BURST_S = 0.05
 
 
 def change_event(change: Change, now: Any) -> Event | None:
@@ -63,9 +81,19 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     """The command table's owner. Start it with the table (possibly restored from a journal)."""
 
     def __init__(self, table: CommandTable, *, clock: Clock, events: pykka.ActorRef[Any],
-                 journal: Any | None = None, retention_s: float = 3600.0) -> None:
+                 journal: Any | None = None, retention_s: float = 3600.0, policy: DispatchPolicy | None = None,
+                 expected_assets: Iterable[str] = (), ready: pykka.Future[None] | None = None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self._table = table
+        self._policy = policy
+        self._waiting_for = set(expected_assets)  # assets that have not reported their health since start
+        self._reported: set[str] = set()
+        self._ready = ready
+        self._on_failure = on_failure
+        self._burst_steps = 0
+        self._burst_started = time.monotonic()
+        self._events_after_commit: list[Event] = []  # published after the step's records are journaled
         self._clock = clock
         self._events = events
         self._journal = journal
@@ -104,6 +132,13 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             self._flush_if_idle()
         return result
 
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """A handler raised and pykka is stopping this actor (in its own thread): tell the site."""
+        reason = f"dispatcher failed: {exc_type.__name__}: {exc_value}"
+        log.error("%s; the site cannot dispatch any more", reason)
+        if self._on_failure is not None:
+            self._on_failure(reason)
+
     # ---- queries (answered without a step) ---------------------------------------------------
     @handles(Ping)
     def _ping(self, message: Ping) -> Pong:
@@ -126,11 +161,19 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _submit_commands(self, message: SubmitCommands) -> tuple[str, ...]:
         created = self._table.add(message.commands, self._now)
         self._changes += created
+        if self._policy is not None:  # a command that can never be sent is refused at once
+            for change in created:
+                reason = self._policy.refusal(change.command)
+                if reason is not None:
+                    self._changes += self._table.reject(change.command.command_id, reason, self._now)
         return tuple(ch.command.command_id for ch in created)
 
     @handles(SubmitBatch)
     def _submit_batch(self, message: SubmitBatch) -> str:
         now, batch = self._now, message.batch
+        if self._table.has_batch(batch.batch_id):  # a retried submission: a no-op, live and after recovery
+            log.info("schedule batch %s was accepted before; the repeated submission is ignored", batch.batch_id)
+            return batch.batch_id
         if message.replace and len(batch):
             start = float(batch.times[0])
             # rows that were never materialized are covered by the "bsup" record, not one record each
@@ -139,10 +182,10 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
                                   "at": now})
         self._table.add_batch(batch, now)
         self._records.append({"k": "batch", "b": batch.to_record()})
-        self._publish([Event(EventType.SCHEDULE_RECEIVED, self._clock.now(), {
+        self._events_after_commit.append(Event(EventType.SCHEDULE_RECEIVED, self._clock.now(), {
             "batch_id": batch.batch_id, "commands": len(batch), "assets": len(batch.assets),
             "start": float(batch.times[0]) if len(batch) else None,
-            "end": float(batch.times[-1]) if len(batch) else None})])
+            "end": float(batch.times[-1]) if len(batch) else None}))
         return batch.batch_id
 
     @handles(CommandReports)
@@ -156,7 +199,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     @handles(AssetHealth)
     def _asset_health(self, message: AssetHealth) -> None:
         self._healthy[message.asset_id] = message.healthy
+        self._reported.add(message.asset_id)
         self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
+        self._check_ready()
 
     @handles(AssetUp)
     def _asset_up(self, message: AssetUp) -> None:
@@ -164,11 +209,13 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         # a fresh actor gets nothing until it has reported its health (once its link started); that
         # report may arrive before or after this message
         self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
+        self._check_ready()
 
     @handles(AssetDown)
     def _asset_down(self, message: AssetDown) -> None:
         self._refs.pop(message.asset_id, None)
         self._healthy[message.asset_id] = False  # its successor reports afresh
+        self._reported.discard(message.asset_id)
         self._changes += self._table.hold_in_flight(message.asset_id, message.reason, self._now)
         self._changes += self._table.set_available(message.asset_id, False, self._now)
 
@@ -176,15 +223,29 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _tick(self, message: Tick) -> None:
         """A clock timer fired: the pump after every step does the work."""
 
+    def _check_ready(self) -> None:
+        """Set ``ready`` once every expected asset has an actor and has reported its health."""
+        if self._ready is None or not self._waiting_for:
+            return
+        self._waiting_for = {a for a in self._waiting_for if not (a in self._refs and a in self._reported)}
+        if not self._waiting_for:
+            self._ready.set(None)
+
     def _flush_if_idle(self) -> None:
-        """Commit at the end of a burst: when no other message is waiting (the Core Cycle's end)."""
-        if self.actor_inbox.empty():
+        """Commit at the end of a burst: when no other message is waiting (the Core Cycle's end), or
+        when the burst has run long (``MAX_BURST_STEPS`` steps or ``MAX_BURST_S`` seconds)."""
+        if self._burst_steps == 0:
+            self._burst_started = time.monotonic()
+        self._burst_steps += 1
+        if (self.actor_inbox.empty() or self._burst_steps >= MAX_BURST_STEPS
+                or time.monotonic() - self._burst_started >= MAX_BURST_S):
             self._flush()
 
     def _flush(self) -> None:
         """Journal (one write + sync), publish (one message) and re-arm the timer for what the steps
         since the last flush changed."""
-        if self._changes or self._records:
+        self._burst_steps = 0
+        if self._changes or self._records or self._events_after_commit:
             self._commit(self._changes, self._records)
             self._changes, self._records = [], []
         now = self._clock.time()
@@ -226,6 +287,10 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         asset). The Execute messages go out in :meth:`_flush`, after the journal has the change."""
         changes = self._table.sweep(now)
         for command in self._table.due(now):
+            reason = self._policy.refusal(command) if self._policy is not None else None
+            if reason is not None:
+                changes += self._table.reject(command.command_id, reason, now)
+                continue
             change = self._table.mark_dispatched(command.command_id, now)
             changes.append(change)
             self._outbox.setdefault(command.asset_id, []).append(change.command)
@@ -256,12 +321,15 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
 
     # ---- journal, events, timer ------------------------------------------------------------------
     def _commit(self, changes: list[Change], records: list[dict[str, Any]]) -> None:
+        """Journal first (one write + sync), then publish: no event tells of something not yet journaled."""
         if self._journal is not None and (changes or records):
             self._journal.append_many(records + [{"k": "cmd", "c": ch.command.to_record()} for ch in changes])
             self._journal.sync()
+        events, self._events_after_commit = self._events_after_commit, []
         if changes:
             ts = self._clock.now()
-            self._publish([e for e in (change_event(ch, ts) for ch in changes) if e is not None])
+            events += [e for e in (change_event(ch, ts) for ch in changes) if e is not None]
+        self._publish(events)
 
     def _publish(self, events: list[Event]) -> None:
         if not events:

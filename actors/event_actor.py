@@ -52,9 +52,10 @@ class SubscriberActor(HandlerTable, pykka.ThreadingActor):
 class EventActor(HandlerTable, pykka.ThreadingActor):
     """Owns the subscription list and (optionally) the event journal."""
 
-    def __init__(self, journal: Any | None = None) -> None:
+    def __init__(self, journal: Any | None = None, on_failure: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self._journal = journal
+        self._on_failure = on_failure
         self._subs: dict[int, tuple[EventType | None, pykka.ActorRef[Any]]] = {}
         self._next_id = 1
         self._handled = 0
@@ -115,6 +116,16 @@ class EventActor(HandlerTable, pykka.ThreadingActor):
             self._journal.append_many({"k": "ev", "e": {**e.to_record(), "payload": repr(e.payload)}}
                                       for e in events)
         self._journal.sync()
+
+    def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        """A handler raised (e.g. the event journal could not be written) and pykka is stopping this actor
+        (in its own thread): tell the site. Subscribers get nothing more."""
+        reason = f"event actor failed: {exc_type.__name__}: {exc_value}"
+        log.error("%s; no more events are delivered", reason)
+        for _, ref in self._subs.values():
+            ref.stop(block=False)
+        if self._on_failure is not None:
+            self._on_failure(reason)
 
     def on_stop(self) -> None:
         self._flush()

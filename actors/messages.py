@@ -104,7 +104,7 @@ class LinkStarted:
 
 @dataclass(frozen=True, slots=True)
 class GetAssetState:
-    """Ask an asset actor for its state machine's state name."""
+    """Ask an asset actor what it knows of its asset (an :class:`~runtime.core.assets.AssetStatus`)."""
 
 
 # ---- supervisor ------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["InMemoryDevice", "AppliedCommand"]
 
+_RATE_TYPES = frozenset({"SET_CHARGE_RATE", "SET_DISCHARGE_RATE"})
+
 
 @dataclass(frozen=True, slots=True)
 class AppliedCommand:
@@ -40,10 +42,16 @@ class InMemoryDevice(DeviceLink):
     * ``report_status(name)``, ``report_telemetry(**values)``, ``reboot()``, ``crash_actor()``.
 
     ``applied`` lists every command the device applied, in order (a repeated command appears twice).
+
+    ``kind="battery"`` makes it behave as a battery does: after each charge or discharge setpoint it
+    reports its power (``Telemetry(power_kw=charge - discharge)``, > 0 = charging), so the asset's
+    state follows its power (a 10 kW discharge makes it DISCHARGING). The Site creates its in-memory
+    devices with the asset's kind.
     """
 
-    def __init__(self, name: str = "memory") -> None:
+    def __init__(self, name: str = "memory", kind: str | None = None) -> None:
         self.name = name
+        self.kind = kind
         self._lock = threading.Lock()
         self._sink: DeviceSink | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,10 +93,21 @@ class InMemoryDevice(DeviceLink):
                 return DeviceResult(Outcome.FAILED, self._fail_reason)
             self.applied.append(AppliedCommand(command.command_id, command.command_type.value, command.value))
             self.setpoints[command.command_type.value] = command.value
+            power = self._battery_power() if command.command_type.value in _RATE_TYPES else None
             if self._ack_only:
                 self._unfinished.append(command.command_id)
-                return DeviceResult(Outcome.ACKNOWLEDGED)
-        return DeviceResult(Outcome.COMPLETED)
+                result = DeviceResult(Outcome.ACKNOWLEDGED)
+            else:
+                result = DeviceResult(Outcome.COMPLETED)
+        if power is not None:
+            self._emit(Telemetry({"power_kw": power}))
+        return result
+
+    def _battery_power(self) -> float | None:
+        """A battery's power from its setpoints (charge - discharge, kW); None for other kinds."""
+        if self.kind != "battery":
+            return None
+        return self.setpoints.get("SET_CHARGE_RATE", 0.0) - self.setpoints.get("SET_DISCHARGE_RATE", 0.0)
 
     async def stop(self) -> None:
         with self._lock:

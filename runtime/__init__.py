@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "Site": "runtime.site", "SiteEvents": "runtime.site", "RestartPolicy": "actors.supervisor",
     # assets, clocks, commands, schedules
     "AssetSpec": "runtime.core.assets", "BatterySpec": "runtime.core.assets", "ChargerSpec": "runtime.core.assets",
+    "AssetStatus": "runtime.core.assets",
     "Clock": "runtime.core.clock", "RealClock": "runtime.core.clock", "VirtualClock": "runtime.core.clock",
     "FINAL_STATUSES": "runtime.core.commands", "Command": "runtime.core.commands",
     "CommandStatus": "runtime.core.commands", "CommandType": "runtime.core.commands",
@@ -45,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     **{name: "runtime.core.errors" for name in (
         "CoordinatorError", "ConfigurationError", "CommandError", "InvalidCommand", "InvalidCommandTransition",
         "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError", "JournalCorrupt", "SiteError",
-        "SiteNotRunning", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected",
+        "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected",
         "RegisterMapError", "SimNotConnected")},
 }
 
@@ -69,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from actors.supervisor import RestartPolicy  # noqa: F401
     from protocols.modbus.codec import RegisterSpec  # noqa: F401
 
-    from .core.assets import AssetSpec, BatterySpec, ChargerSpec  # noqa: F401
+    from .core.assets import AssetSpec, AssetStatus, BatterySpec, ChargerSpec  # noqa: F401
     from .core.batch import CommandBatch  # noqa: F401
     from .core.clock import Clock, RealClock, VirtualClock  # noqa: F401
     from .core.command_table import Change, CommandTable  # noqa: F401
@@ -77,8 +78,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .core.errors import (ChargerNotConnected, CommandError, ConfigurationError,  # noqa: F401
                               CoordinatorError, DeviceError, InvalidCommand, InvalidCommandTransition,
                               InvalidTransition, JournalCorrupt, JournalError, RegisterMapError, ScenarioError,
-                              ScheduleError, SimNotConnected, SiteError, SiteNotRunning, UnknownAsset,
-                              UnsupportedCommand)
+                              ScheduleError, SimNotConnected, SiteError, SiteFailed, SiteNotRunning,
+                              UnknownAsset, UnsupportedCommand)
     from .core.events import Event, EventBus, EventType  # noqa: F401
     from .core.journal import Journal  # noqa: F401
     from .core.retry import RetryPolicy  # noqa: F401

@@ -2,7 +2,8 @@
 
 ``coordinator demo`` runs it on a virtual clock (a 30-minute schedule takes well under a second):
 two EV chargers and a battery on in-memory devices; half-way through, one charger faults and its
-command is HELD until it is reset; one battery setpoint is beyond the battery's limit and is REJECTED.
+command is HELD until it is reset; one battery setpoint is beyond the battery's limit and is refused
+before it is sent (PENDING -> REJECTED).
 """
 
 from __future__ import annotations

@@ -10,13 +10,24 @@ Typical use::
 What ``start()`` builds (and ``stop()`` takes down in reverse, waiting for every thread and task):
 the I/O thread with any protocol services (the OCPP central system when a charger uses OCPP), the
 event actor, the dispatcher (its command table restored from the journal, if there is one), and the
-supervisor, which starts one asset actor per asset.
+supervisor, which starts one asset actor per asset. ``start()`` returns once every asset has reported
+its health to the dispatcher: a command for an asset that is up is sent at once, never HELD first.
+
+A site whose dispatcher or event actor dies (an exception in a handler, e.g. a journal write error)
+says so: :attr:`Site.state` becomes "failed", :attr:`Site.failure` names the actor and the cause, a
+SITE_FAILED event is published (when the event actor still runs), the cause is logged, and every call
+raises :class:`~runtime.core.errors.SiteFailed`. Stop it, and start it again if wanted.
+
+In a host application, :meth:`Site.run_forever` runs a started site until SIGTERM or SIGINT and then
+stops it cleanly (a plain ``with Site(...)`` block is killed by SIGTERM without stopping).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import signal
 import threading
 import time as _time
 from pathlib import Path
@@ -28,27 +39,28 @@ import pykka
 from actors.dispatcher import DispatcherActor
 from actors.event_actor import EventActor
 from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, ListCommands, Ping,
-                             SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
+                             Publish, SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
 from protocols.base import DeviceLink
 from protocols.memory import InMemoryDevice
 
-from .core.assets import AssetSpec
+from .core.assets import AssetSpec, AssetStatus
 from .core.batch import CommandBatch
 from .core.clock import Clock, RealClock, VirtualClock
 from .core.command_table import CommandTable
 from .core.commands import FINAL_STATUSES, Command, CommandStatus
-from .core.errors import ConfigurationError, SiteNotRunning, UnknownAsset
+from .core.errors import ConfigurationError, SiteFailed, SiteNotRunning, UnknownAsset
 from .core.events import Event, EventType
 from .core.iothread import IOThread
 from .core.journal import Journal
+from .core.policy import DispatchPolicy
 from .core.recovery import recover
 from .core.retry import RetryPolicy
 from .core.schedule import schedule_to_commands
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Site", "SiteEvents", "UnknownAsset", "SiteNotRunning", "RestartPolicy"]
+__all__ = ["Site", "SiteEvents", "UnknownAsset", "SiteNotRunning", "SiteFailed", "RestartPolicy"]
 
 #: How long a Site call waits for an actor's answer before giving up (seconds, real time).
 ASK_TIMEOUT_S = 30.0
@@ -131,7 +143,8 @@ class Site:
         if fsync not in ("always", "batch", "never"):
             raise ConfigurationError(f"fsync: must be 'always', 'batch' or 'never', got {fsync!r}")
         self._specs = {s.asset_id: s for s in specs}
-        self._links: dict[str, DeviceLink] = {s.asset_id: s.device or InMemoryDevice(s.asset_id) for s in specs}
+        self._links: dict[str, DeviceLink] = {s.asset_id: s.device or InMemoryDevice(s.asset_id, kind=s.kind)
+                                              for s in specs}
         self._owns_clock = clock is None
         self.clock: Clock = clock or RealClock()
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
@@ -148,6 +161,8 @@ class Site:
         self._lock = threading.Lock()
         self.recovered: int = 0
         self.events = SiteEvents(self)
+        self._failure: str | None = None  # set (from the dying actor's thread) when a core actor dies
+        self._wake = threading.Event()     # set when a core actor dies, or run_forever() gets its signal
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Site":
@@ -165,13 +180,16 @@ class Site:
     def _start(self) -> None:
         if self._owns_clock:  # a stopped RealClock fires nothing: a restarted site gets a fresh one
             self.clock = RealClock()
+        self._failure = None
+        self._wake.clear()
         self._io = IOThread().start()
         self._start_services()
         event_journal = cmd_journal = None
         if self._journal_dir is not None:
             self._journal_dir.mkdir(parents=True, exist_ok=True)
             event_journal = Journal(self._journal_dir / "events.jnl", fsync=self._fsync)
-        self._refs["events"] = EventActor.start(event_journal)
+        self._refs["events"] = EventActor.start(event_journal,
+                                                on_failure=lambda reason: self._core_failed("events", reason))
         table = CommandTable(retry=self._retry, ack_timeout_s=2 * self._ack_timeout_s,
                              completion_timeout_s=self._completion_timeout_s)
         for spec in self._specs.values():
@@ -180,15 +198,23 @@ class Site:
         if self._journal_dir is not None:
             self._restore(table, self._journal_dir / "commands.jnl")
             cmd_journal = Journal(self._journal_dir / "commands.jnl", fsync=self._fsync)
-        self._refs["dispatcher"] = DispatcherActor.start(table, clock=self.clock, events=self._refs["events"],
-                                                         journal=cmd_journal, retention_s=self._retention_s)
+        ready: pykka.Future[None] = pykka.ThreadingFuture()
+        self._refs["dispatcher"] = DispatcherActor.start(
+            table, clock=self.clock, events=self._refs["events"], journal=cmd_journal, retention_s=self._retention_s,
+            policy=DispatchPolicy(self._specs), expected_assets=tuple(self._specs), ready=ready,
+            on_failure=lambda reason: self._core_failed("dispatcher", reason))
         self._refs["supervisor"] = SupervisorActor.start(
             list(self._specs.values()), self._links, io=self._io, clock=self.clock,
             dispatcher=self._refs["dispatcher"], events=self._refs["events"], policy=self._restart_policy,
             services=self._services, ack_timeout_s=self._ack_timeout_s)
-        # return only once the dispatcher knows every asset actor (the supervisor's on_start sent AssetUp)
+        # return only once the dispatcher knows every asset actor and every asset's health: a command
+        # submitted right after start() is then sent to an asset that is up, never HELD first
         self._refs["supervisor"].ask(Ping(), timeout=ASK_TIMEOUT_S)
-        self._refs["dispatcher"].ask(Ping(), timeout=ASK_TIMEOUT_S)
+        try:
+            ready.get(timeout=ASK_TIMEOUT_S)
+        except pykka.Timeout:
+            log.warning("site started, but not every asset reported its health within %g s (a device link whose "
+                        "start() does not return); their commands are HELD until they do", ASK_TIMEOUT_S)
         if isinstance(self.clock, VirtualClock):
             self.clock.on_fire = self.settle
             self.settle()
@@ -254,13 +280,75 @@ class Site:
 
     @property
     def running(self) -> bool:
-        return bool(self._refs)
+        """True while the site is started and has not failed."""
+        return bool(self._refs) and self._failure is None
+
+    @property
+    def state(self) -> str:
+        """ "stopped", "running" or "failed" (started, but a core actor died: see :attr:`failure`)."""
+        if not self._refs:
+            return "stopped"
+        return "failed" if self._failure is not None else "running"
+
+    @property
+    def failure(self) -> str | None:
+        """Why the site failed (the actor and the cause), or None; kept after :meth:`stop` until the next start."""
+        return self._failure
+
+    def _core_failed(self, name: str, reason: str) -> None:
+        """A core actor died (called in that actor's thread, while pykka stops it)."""
+        if self._failure is None:
+            self._failure = reason
+            log.error("site failed: the %s actor died (%s); stop the site and start it again", name, reason)
+            events = self._refs.get("events")
+            if name != "events" and events is not None:
+                try:
+                    events.tell(Publish((Event(EventType.SITE_FAILED, self.clock.now(),
+                                               {"actor": name, "reason": reason}),)))
+                except pykka.ActorDeadError:
+                    pass
+        self._wake.set()
 
     def _require(self, name: str) -> pykka.ActorRef[Any]:
+        if self._failure is not None:
+            raise SiteFailed(f"the site has failed ({self._failure}); stop it and start it again")
         ref = self._refs.get(name)
         if ref is None:
             raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
         return ref
+
+    def run_forever(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
+        """Run the site until one of ``signals`` arrives, then stop it; returns that signal's number.
+
+        Starts the site first if it is not running. Must be called from the main thread (Python
+        delivers signals there); the previous handlers are restored before it returns. If the site
+        fails meanwhile, it is stopped and :class:`~runtime.core.errors.SiteFailed` is raised. Use it
+        as the last line of a host application, e.g. ``with Site(assets) as site: site.run_forever()``.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("run_forever() must be called from the main thread (signals are delivered there)")
+        received: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            received.append(signum)
+            self._wake.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+        try:
+            if not self._refs:
+                self.start()
+            log.info("site running until %s", " or ".join(signal.Signals(sig).name for sig in previous))
+            while not received and self._failure is None:
+                self._wake.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            failure = self._failure
+            log.info("site stopping (%s)", f"signal {received[0]}" if received else failure)
+            self.stop()
+        if not received:
+            raise SiteFailed(f"the site has failed ({failure})")
+        return received[0]
 
     # ---- commands -------------------------------------------------------------------------------
     def _check_assets(self, asset_ids: Iterable[str], what: str) -> None:
@@ -287,11 +375,14 @@ class Site:
         return self._require("dispatcher").ask(SubmitCommands(commands), timeout=ASK_TIMEOUT_S)
 
     def submit_schedule(self, schedule: pd.DataFrame, asset_map: Mapping[str, str] | None = None, *,
-                        replace: bool = True, priority: int = 0) -> CommandBatch:
+                        replace: bool = True, priority: int = 0, batch_id: str | None = None) -> CommandBatch:
         """Turn a schedule DataFrame into commands (see :func:`~runtime.core.schedule.schedule_to_commands`)
         and accept them as one batch. ``replace``: the batch's assets' pending commands from the
-        schedule's first timestamp on are SUPERSEDED by it."""
-        batch = schedule_to_commands(schedule, asset_map, created_at=self.clock.time(), priority=priority)
+        schedule's first timestamp on are SUPERSEDED by it. ``batch_id`` names the batch (command ids are
+        ``f"{batch_id}-{i}"``; default: a new unique id): submitting a batch id the site already knows is
+        a no-op, live and after a restart, so a retried submission is safe."""
+        batch = schedule_to_commands(schedule, asset_map, created_at=self.clock.time(), priority=priority,
+                                     batch_id=batch_id)
         self._check_assets(batch.assets, "schedule")
         self._require("dispatcher").ask(SubmitBatch(batch, replace=replace), timeout=ASK_TIMEOUT_S)
         return batch
@@ -319,15 +410,26 @@ class Site:
         return self._links[asset_id]
 
     def asset_state(self, asset_id: str) -> str:
-        """The asset's state-machine state name; "UNAVAILABLE" while its actor is down."""
-        self._check_assets([asset_id], "asset_state")
-        ref = self._require("supervisor").ask(GetAssetRef(asset_id), timeout=ASK_TIMEOUT_S)
-        if ref is None:
-            return "UNAVAILABLE"
-        try:
-            return ref.ask(GetAssetState(), timeout=ASK_TIMEOUT_S)
-        except pykka.ActorDeadError:
-            return "UNAVAILABLE"
+        """The asset's state as the site can vouch for it: its state machine's state while its device
+        link is up, "UNAVAILABLE" while the link is down (or never came up) or its actor is down.
+        :meth:`asset_status` says more."""
+        return self.asset_status(asset_id).state
+
+    def asset_status(self, asset_id: str) -> AssetStatus:
+        """What the site knows about an asset: state, the device's own last state, link state, health
+        and supervision (see :class:`~runtime.core.assets.AssetStatus`)."""
+        self._check_assets([asset_id], "asset_status")
+        supervisor = self._require("supervisor")
+        ref = supervisor.ask(GetAssetRef(asset_id), timeout=ASK_TIMEOUT_S)
+        supervision = supervisor.ask(GetStatus(), timeout=ASK_TIMEOUT_S).get(asset_id, "unavailable")
+        if ref is not None:
+            try:
+                status: AssetStatus = ref.ask(GetAssetState(), timeout=ASK_TIMEOUT_S)
+                return dataclasses.replace(status, supervision=supervision)
+            except pykka.ActorDeadError:
+                supervision = "restarting"
+        return AssetStatus(asset_id, "UNAVAILABLE", None, "down", False, f"asset actor {asset_id} is {supervision}",
+                           supervision)
 
     def supervision(self) -> dict[str, str]:
         """{asset_id: "running" | "restarting" | "unavailable"}."""

@@ -851,3 +851,19 @@ def test_random_operations_keep_the_table_consistent() -> None:
     fresh.restore(journal.values(), T + now)
     assert {c.command_id for c in fresh.non_final()} == {c.command_id for c in t.non_final()}
     assert fresh.restore(journal.values(), T + now) == []
+
+
+def test_waiting_for_an_unreachable_device_is_not_an_attempt():
+    t = table(RetryPolicy(max_attempts=2, base_delay_s=1.0, jitter=0.0))
+    dispatched(t, cmd("c1"))
+    held = t.hold("c1", "device not connected", T + 1)             # the link was down: it never left
+    assert [ch.command.status for ch in held] == [S.HELD, S.PENDING] and held[0].command.attempts == 0
+    assert [c.command_id for c in t.due(T + 2)] == ["c1"]
+    assert t.mark_dispatched("c1", T + 2).command.attempts == 1     # the first real attempt
+    (retry,) = t.fail("c1", "device error", T + 3)                  # a real failure is retried as usual
+    assert retry.command.status is S.PENDING and retry.event is E.COMMAND_RETRY_SCHEDULED
+    t.sweep(T + 4)
+    assert [c.command_id for c in t.due(T + 4)] == ["c1"]
+    assert t.mark_dispatched("c1", T + 4).command.attempts == 2
+    (final,) = t.fail("c1", "device error", T + 5)
+    assert final.command.status is S.FAILED                          # and the limit still holds

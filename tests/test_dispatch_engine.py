@@ -249,20 +249,66 @@ def fake_schedule(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any, dict[
     return calls
 
 
-def test_schedule_is_stored_lazily_and_rows_are_created_when_due(
+def test_schedule_is_stored_lazily_and_every_command_is_announced_when_the_schedule_arrives(
         bus: EventBus, rec: Recorder, fake_schedule: list[Any]) -> None:
     engine = engine_on(bus)
     batch = engine.schedule_to_commands(("s1", [0, 0, 300], [0, 1, 0], ["ev1", "ev2"]), {"ev_1": "ev1"},
                                         now=at(-60), priority=1)
     assert fake_schedule[0][1:] == ({"ev_1": "ev1"}, {"priority": 1, "created_at": at(-60).timestamp()})
-    assert len(batch) == 3 and engine.commands() == []
-    (received,) = rec.events
+    assert len(batch) == 3 and engine.commands() == []   # stored as columns: nothing materialized yet
+    received, *created = rec.events
     assert received.type is E.SCHEDULE_RECEIVED and received.payload == {
         "batch_id": "s1", "commands": 3, "assets": 2, "start": T0.timestamp(), "end": at(300).timestamp()}
+    assert [e.type for e in created] == [E.COMMAND_CREATED] * 3      # one per command, as the seed describes
+    assert [e.payload["command_id"] for e in created] == ["s1-0", "s1-1", "s1-2"]
+    assert created[2].payload == {
+        "command_id": "s1-2", "asset_id": "ev1", "command_type": "SET_CHARGE_RATE", "value": 3.0,
+        "status": "PENDING", "previous_status": None, "attempts": 0, "error": None,
+        "scheduled_time": at(300).timestamp(), "priority": 0}
     assert engine.get("s1-2").status is S.PENDING and engine.get("s1-2").created_at == at(-60)
+    rec.clear()
     assert [c.command_id for c in engine.get_pending_commands(at(0))] == ["s1-0", "s1-1"]
-    assert rec.types() == [E.COMMAND_CREATED, E.COMMAND_CREATED]
+    assert rec.types() == []                           # falling due does not announce them a second time
     assert len(engine.commands()) == 2
+
+
+def test_nobody_listening_to_command_created_costs_no_event_per_row(fake_schedule: list[Any]) -> None:
+    bus = EventBus(clock=lambda: T0)
+    received: list[Event] = []
+    bus.subscribe(E.SCHEDULE_RECEIVED, received.append)
+    published: list[Event] = []
+    real_publish = bus.publish
+    bus.publish = lambda event: (published.append(event), real_publish(event))  # type: ignore[method-assign]
+    engine = engine_on(bus)
+    engine.schedule_to_commands(("s1", [0, 0, 300], [0, 1, 0], ["ev1", "ev2"]), now=at(0))
+    assert [e.type for e in published] == [E.SCHEDULE_RECEIVED] and len(received) == 1
+
+
+def test_a_resubmitted_batch_id_changes_nothing(bus: EventBus, rec: Recorder, fake_schedule: list[Any]) -> None:
+    engine = engine_on(bus)
+    engine.schedule_to_commands(("s1", [0, 300], [0, 0], ["ev1"]), now=at(0))
+    rec.clear()
+    engine.schedule_to_commands(("s1", [0, 300], [0, 0], ["ev1"]), now=at(10))   # the same batch, retried
+    assert rec.events == [] and engine.get("s1-1").status is S.PENDING
+
+
+def test_the_command_the_caller_holds_shows_its_current_state(bus: EventBus, fake_schedule: list[Any]) -> None:
+    engine = engine_on(bus)
+    batch = engine.schedule_to_commands(("s1", [0], [0], ["ev1"]), now=at(0))
+    held_from_schedule = batch[0]
+    (cmd_,) = engine.get_pending_commands(at(0))
+    assert cmd_.status is S.PENDING and cmd_ == engine.get("s1-0")
+    engine.dispatch_command(cmd_, FakeAdapter(), now=at(1))
+    assert cmd_.status is S.DISPATCHED and cmd_.attempts == 1       # the seed's loop sees its own progress
+    assert held_from_schedule.status is S.DISPATCHED
+    engine.complete("s1-0", at(2))
+    assert cmd_.status is S.COMPLETED and isinstance(cmd_.snapshot, Command)
+    submitted = engine.submit(cmd("c1"), now=at(3))
+    assert submitted is not None and submitted.status is S.PENDING
+    engine.reject("c1", "no", at(4))
+    assert submitted.status is S.REJECTED and submitted.last_error == "no"
+    with pytest.raises(AttributeError):
+        submitted.status = S.PENDING  # type: ignore[misc]  # a view cannot be changed behind the engine's back
 
 
 def test_a_new_schedule_replaces_the_future_of_the_old_one(
@@ -272,8 +318,9 @@ def test_a_new_schedule_replaces_the_future_of_the_old_one(
     engine.get_pending_commands(at(0))
     rec.clear()
     engine.schedule_to_commands(("new", [300], [0], ["ev1"]), now=at(100))
-    assert rec.types(commands_only=False) == [E.SCHEDULE_RECEIVED, E.COMMAND_SUPERSEDED, E.COMMAND_SUPERSEDED]
-    assert [e.payload["command_id"] for e in rec.events[1:]] == ["old-1", "old-2"]
+    assert rec.types(commands_only=False) == [E.SCHEDULE_RECEIVED, E.COMMAND_SUPERSEDED, E.COMMAND_SUPERSEDED,
+                                              E.COMMAND_CREATED]
+    assert [e.payload["command_id"] for e in rec.events[1:]] == ["old-1", "old-2", "new-0"]
     assert engine.get("old-0").status is S.PENDING
     assert [c.command_id for c in engine.get_pending_commands(at(600))] == ["new-0"]
     assert engine.get("old-0").status is S.SUPERSEDED

@@ -29,7 +29,7 @@ from runtime.core.iothread import IOThread
 from runtime.core.retry import RetryPolicy
 from runtime.site import Site
 
-from .asyncsupport import read_on, until_on
+from .asyncsupport import read_on, until_on, wait_until
 from .test_e2e_ocpp import Recorder, in_order, wait_command
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
@@ -279,9 +279,10 @@ def test_site_stops_promptly_while_a_battery_is_silent() -> None:
     # A request timeout longer than the test's own timeout: were stop() to wait for it, the test fails.
     with Rig({"bat-silent": "default", "bat-ok": "default"}, link_kw={"timeout": 60.0}) as r:
         silent = r.sims["bat-silent"]
-        # the link reports up only once the battery answered its probe read: wait for that, then silence it
-        r.event(lambda e: e.type is EventType.ASSET_CONNECTED and e.payload["asset_id"] == "bat-silent",
-                "bat-silent connected")
+        # the link reports up only once the battery answered its probe read: wait for that, then silence it.
+        # (Asked of the site, not waited for as an ASSET_CONNECTED event: that event may come before the
+        # recorder subscribed, which made this test fail under load.)
+        wait_until(lambda: r.site.asset_status("bat-silent").link == "up", what="bat-silent link up")
         silent.set_silent(True)
         stuck = r.submit("bat-silent", CT.SET_CHARGE_RATE, 20.0)
         r.until(lambda: silent.dropped > 0, what="the silent battery swallowing a request")

@@ -111,10 +111,12 @@ def cmd(kind: CommandType, value: float = 0.0, n: list[int] = [0]) -> Command:  
     return Command(f"interop-{n[0]}", "ev-node", kind, value, datetime.now(timezone.utc))
 
 
-@pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 @pytest.mark.parametrize("protocol, version", [("ocpp1.6", "1.6"), ("ocpp2.0.1", "2.0.1")])
 @pytest.mark.parametrize("unit", ["W", "A"])
 def test_ocpp_rpc_strict_peer_accepts_our_calls(protocol: str, version: str, unit: str) -> None:
+    if _MISSING is not None:  # not a skip: the README's set-up command installs the peer
+        pytest.fail(f"{_MISSING} (the set-up command `bash tests/setup.sh` installs it)")
+
     async def body() -> None:
         cs = CentralSystem("127.0.0.1", 0, response_timeout=5.0)
         await cs.start()

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import signal
+import subprocess
+import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from actors.supervisor import RestartPolicy
+from protocols.memory import InMemoryDevice
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, EventType,
-                     RetryPolicy, Site, UnknownAsset, VirtualClock)
+                     RetryPolicy, Site, SiteFailed, UnknownAsset, VirtualClock)
 from runtime.core.journal import Journal
 
+from .asyncsupport import wait_until
 from .conftest import T0
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
@@ -373,3 +381,163 @@ def test_prune_keeps_memory_bounded_and_ids_known():
         site.advance(200)
         assert site.command("old") is None                       # pruned from memory...
         assert site.submit_many([_cmd("old", at_s=200)]) == ()   # ...but never applied again
+
+
+# ---- regressions: what a new user ran into, and latent defects of the core -----------------------
+
+class _SlowToConnect(InMemoryDevice):
+    """A device whose link comes up a moment after the actor starts (as a real device's does)."""
+
+    async def start(self, ctx, sink) -> None:
+        await asyncio.sleep(0.3)   # the device, not the test, takes its time
+        await super().start(ctx, sink)
+
+
+def test_a_started_site_is_ready_no_command_for_an_asset_that_is_up_is_held_first():
+    with Site([ChargerSpec("ev-1", max_kw=22.0, device=_SlowToConnect("ev-1"))]) as site:
+        held = _events(site, EventType.COMMAND_HELD)
+        site.submit(Command("x", "ev-1", T.SET_CHARGE_RATE, 4.0, datetime.now(timezone.utc)))
+        done = site.wait_for("x", timeout=5)
+        assert done.status is S.COMPLETED and done.attempts == 1
+        assert held == []
+
+
+def test_a_charger_that_never_connected_is_not_reported_available():
+    dev = InMemoryDevice("ev-1")
+    dev.set_connected(False)
+    with _site(ChargerSpec("ev-1", device=dev)) as site:
+        status = site.asset_status("ev-1")
+        assert (status.state, status.link, status.device_state, status.healthy) == (
+            "UNAVAILABLE", "never connected", None, False)
+        assert site.asset_state("ev-1") == "UNAVAILABLE"
+        dev.set_connected(True)
+        site.settle()
+        status = site.asset_status("ev-1")
+        assert (status.state, status.link, status.healthy, status.supervision) == ("AVAILABLE", "up", True, "running")
+        dev.set_connected(False)
+        site.settle()
+        assert site.asset_status("ev-1").link == "down" and site.asset_state("ev-1") == "UNAVAILABLE"
+
+
+def test_an_in_memory_battery_follows_its_power_like_a_real_one():
+    with _site() as site:
+        site.submit(_cmd("d", "bat-1", 10.0, ctype=T.SET_DISCHARGE_RATE))
+        site.settle()
+        assert site.asset_state("bat-1") == "DISCHARGING"
+        site.submit(_cmd("c", "bat-1", 20.0, ctype=T.SET_CHARGE_RATE))   # charge 20 - discharge 10 = +10 kW
+        site.settle()
+        assert site.asset_state("bat-1") == "CHARGING"
+
+
+def test_a_value_beyond_the_device_limit_is_refused_before_it_is_sent():
+    with _site() as site:
+        events = _events(site)
+        site.submit(_cmd("over", "bat-1", 80.0, ctype=T.SET_DISCHARGE_RATE))
+        site.settle()
+        over = site.command("over")
+        assert over.status is S.REJECTED and over.attempts == 0
+        assert "exceeds the device limit 50.0 kW" in over.last_error
+        assert [e.payload["status"] for e in events if e.payload.get("command_id") == "over"] == [
+            "PENDING", "REJECTED"]
+        assert site.device("bat-1").applied == []
+
+
+def test_the_demo_shows_the_over_limit_setpoint_refused_before_it_is_sent():
+    from runtime.demo import run_demo
+    out = io.StringIO()
+    assert run_demo(out) == 0
+    lines = [line for line in out.getvalue().splitlines() if "SET_DISCHARGE_RATE   80.0" in line]
+    assert any("PENDING -> REJECTED" in line for line in lines) and not any("DISPATCHED" in line for line in lines)
+
+
+def test_resubmitting_a_schedule_with_the_same_batch_id_is_a_no_op_live_and_after_a_restart(tmp_path):
+    df = pd.DataFrame({"ev_1_kw": [7.0, 8.0, 9.0, 10.0]}, index=pd.date_range(T0, periods=4, freq="5min"))
+    with _site(journal_dir=tmp_path) as site:
+        site.submit_schedule(df, asset_map={"ev_1": "ev-1"}, batch_id="plan-1")
+        site.settle()
+        site.submit_schedule(df, asset_map={"ev_1": "ev-1"}, batch_id="plan-1")   # a retried submission
+        site.settle()
+        live = {k: v for k, v in site.counts().items() if v}
+        assert live == {"COMPLETED": 1, "PENDING": 3}
+    with _site(journal_dir=tmp_path) as site:
+        assert {k: v for k, v in site.counts().items() if v} == live
+        site.advance(900)
+        assert {k: v for k, v in site.counts().items() if v} == {"COMPLETED": 4}
+
+
+def test_a_dead_dispatcher_is_noticed_state_event_log_and_calls_refused(tmp_path, monkeypatch, caplog):
+    with _site(journal_dir=tmp_path) as site:
+        failed = _events(site, EventType.SITE_FAILED)
+        dev = site.device("ev-1")
+        dev.set_silent(True)
+        site.submit(_cmd("c1"))                      # accepted and journaled; the device does not answer yet
+
+        real_append = Journal.append_many
+
+        def disk_full(self, records):
+            if str(self.path).endswith("commands.jnl"):
+                raise OSError(28, "No space left on device")
+            return real_append(self, records)
+        monkeypatch.setattr(Journal, "append_many", disk_full)
+        dev.set_silent(False)                        # the answer arrives; journaling it fails in a tell handler
+        wait_until(lambda: site.state == "failed", what="the site to notice its dispatcher died")
+        assert not site.running
+        assert "dispatcher failed: OSError" in site.failure and "No space left" in site.failure
+        wait_until(lambda: failed, what="SITE_FAILED")
+        assert failed[0].payload["actor"] == "dispatcher"
+        assert "site failed: the dispatcher actor died" in caplog.text
+        with pytest.raises(SiteFailed, match="dispatcher failed"):
+            site.submit(_cmd("c2"))
+        monkeypatch.undo()
+    assert site.state == "stopped"
+
+
+def test_a_dead_event_actor_is_noticed_too(tmp_path, monkeypatch, caplog):
+    with _site(journal_dir=tmp_path) as site:
+        real_append = Journal.append_many
+
+        def broken(self, records):
+            if str(self.path).endswith("events.jnl"):
+                raise OSError(5, "Input/output error")
+            return real_append(self, records)
+        monkeypatch.setattr(Journal, "append_many", broken)
+        site.device("ev-1").report_status("FAULTED")     # a STATE_CHANGED event, journaled by the event actor
+        wait_until(lambda: site.state == "failed", what="the site to notice its event actor died")
+        assert "event actor failed: OSError" in site.failure
+        assert "site failed: the events actor died" in caplog.text
+        with pytest.raises(SiteFailed):
+            site.counts()
+        monkeypatch.undo()
+
+
+RUN_FOREVER = """
+import logging, sys, threading
+from runtime import Site, ChargerSpec, Command, CommandType
+from datetime import datetime, timezone
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+site = Site([ChargerSpec("ev-1")], journal_dir=sys.argv[1])
+with site:
+    site.submit(Command("c1", "ev-1", CommandType.SET_CHARGE_RATE, 7.0, datetime.now(timezone.utc)))
+    site.wait_for("c1")
+    signum = site.run_forever()
+print("stopped", signum, site.state, sorted(t.name for t in threading.enumerate() if t.is_alive()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_forever_stops_the_site_cleanly_on_a_signal(tmp_path, sig):
+    proc = subprocess.Popen([sys.executable, "-c", RUN_FOREVER, str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        for line in proc.stderr:             # the site says when its signal handlers are in place
+            if line.startswith("site running until SIGTERM or SIGINT"):
+                break
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == f"stopped {int(sig)} stopped ['MainThread']"
+    assert Journal.read(str(tmp_path / "commands.jnl"))   # the journal was closed cleanly, and holds the command

@@ -8,9 +8,12 @@ from typing import Any, Literal
 from .commands import Command, CommandType
 from .errors import ConfigurationError
 
-__all__ = ["AssetSpec", "ChargerSpec", "BatterySpec", "AssetKind"]
+__all__ = ["AssetSpec", "ChargerSpec", "BatterySpec", "AssetKind", "AssetStatus", "LinkState"]
 
 AssetKind = Literal["charger", "battery"]
+#: A device link: "up" (reachable), "down" (it was up and is not now), "never connected" (since the
+#: asset's actor started).
+LinkState = Literal["up", "down", "never connected"]
 
 _CHARGER_TYPES = frozenset({CommandType.SET_CHARGE_RATE, CommandType.SET_POWER_LIMIT, CommandType.START_CHARGING,
                             CommandType.STOP_CHARGING, CommandType.CHANGE_AVAILABILITY})
@@ -85,3 +88,25 @@ def BatterySpec(asset_id: str, max_charge_kw: float = 50.0, max_discharge_kw: fl
     """A stationary battery."""
     return AssetSpec(asset_id, "battery", max_charge_kw=max_charge_kw, max_discharge_kw=max_discharge_kw,
                      capacity_kwh=capacity_kwh, device=device, ack_timeout_s=ack_timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class AssetStatus:
+    """What the site knows about one asset now (:meth:`runtime.site.Site.asset_status`).
+
+    ``state`` is the asset's state as the site can vouch for it: the state machine's state while the
+    device link is up, and "UNAVAILABLE" while it is not (a charger that never connected is not
+    AVAILABLE). ``device_state`` is the state machine's own state (the last one the device reported or
+    implied; None while the link has never been up). ``link`` says whether the device is reachable.
+    ``healthy`` is True when the asset's commands are sent (link up, not FAULTED or UNAVAILABLE);
+    ``reason`` says why not. ``supervision`` is "running", "restarting" or "unavailable" (the
+    supervisor gave up on the asset's actor).
+    """
+
+    asset_id: str
+    state: str
+    device_state: str | None
+    link: LinkState
+    healthy: bool
+    reason: str = ""
+    supervision: str = "running"

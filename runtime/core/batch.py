@@ -45,6 +45,9 @@ class CommandBatch(Sequence[Command]):
     __slots__ = ("batch_id", "times", "asset_codes", "assets", "type_codes", "values", "expires",
                  "priority", "created_at", "source")
 
+    #: ``type_codes`` index into this tuple.
+    TYPES: tuple[CommandType, ...] = _TYPES
+
     def __init__(self, batch_id: str, times: np.ndarray, asset_codes: np.ndarray, assets: Sequence[str],
                  type_codes: np.ndarray, values: np.ndarray, expires: np.ndarray | None = None,
                  priority: int = 0, created_at: float | None = None, source: str = "schedule",

@@ -476,12 +476,15 @@ class CommandTable:
 
     def hold(self, command_id: str, reason: str, now: float) -> list[Change]:
         """One in-flight command could not reach its device (link down): DISPATCHED/ACKNOWLEDGED ->
-        HELD with ``last_error`` = reason, released by ``set_available(asset, True)``. It does not mark
-        the asset unavailable (the asset reports its own health). Not in flight: no change."""
+        HELD with ``last_error`` = reason, released by ``set_available(asset, True)``. Waiting for a link
+        is not an attempt: the attempt counted by :meth:`mark_dispatched` is given back, so a later real
+        failure is retried as usual. It does not mark the asset unavailable (the asset reports its own
+        health). Not in flight: no change."""
         e = self._cmds.get(command_id)
         if e is None or e.command.status not in _IN_FLIGHT:
             return []
-        change = self._apply(e, _S.HELD, EventType.COMMAND_HELD, now, last_error=reason)
+        change = self._apply(e, _S.HELD, EventType.COMMAND_HELD, now, last_error=reason,
+                             attempts=max(0, e.command.attempts - 1))
         if e.command.asset_id not in self._unavailable:  # released at once if the asset is healthy
             return [change, self._apply(e, _S.PENDING, None, now)]
         return [change]
@@ -497,6 +500,10 @@ class CommandTable:
         return changes + self.set_available(asset_id, False, now)
 
     # ------------------------------------------------------------------ queries and housekeeping
+
+    def has_batch(self, batch_id: str) -> bool:
+        """True when a batch with this id was added (and is stored or has been pruned)."""
+        return batch_id in self._batches or batch_id in self._retired
 
     def get(self, command_id: str) -> Command | None:
         """Current snapshot of a command, lazy batch rows included (PENDING or SUPERSEDED); None if

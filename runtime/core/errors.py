@@ -14,6 +14,7 @@
     │   └── JournalCorrupt                 a journal damaged before its end, or not a journal at all
     ├── SiteError
     │   ├── SiteNotRunning (RuntimeError)  the site is not started, or stopped
+    │   │   └── SiteFailed                 the dispatcher or event actor died (names it and the cause)
     │   └── UnknownAsset (KeyError)        a command or schedule names an asset the site does not have
     ├── ScenarioError (ValueError)         a scenario file that cannot be run
     └── DeviceError                        a device, its link or its description is at fault
@@ -34,7 +35,7 @@ from typing import Any
 __all__ = [
     "CoordinatorError", "ConfigurationError", "CommandError", "InvalidCommand", "InvalidCommandTransition",
     "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError", "JournalCorrupt", "SiteError",
-    "SiteNotRunning", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected", "RegisterMapError",
+    "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected", "RegisterMapError",
     "SimNotConnected",
 ]
 
@@ -107,6 +108,11 @@ class SiteError(CoordinatorError):
 
 class SiteNotRunning(SiteError, RuntimeError):
     """The site has not been started, or has been stopped."""
+
+
+class SiteFailed(SiteNotRunning):
+    """The site stopped working on its own: its dispatcher or event actor died. The message names
+    the actor and the cause; the site must be stopped (and may be started again)."""
 
 
 class UnknownAsset(SiteError, KeyError):

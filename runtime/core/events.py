@@ -41,6 +41,7 @@ class EventType(str, Enum):
     ASSET_DISCONNECTED = "ASSET_DISCONNECTED"
     ASSET_RESTARTED = "ASSET_RESTARTED"
     ASSET_UNAVAILABLE = "ASSET_UNAVAILABLE"
+    SITE_FAILED = "SITE_FAILED"
 
 
 #: The command lifecycle events (one per command transition).
@@ -94,6 +95,11 @@ class EventBus:
         with self._lock:
             if (event_type, fn) in self._subs:
                 self._subs.remove((event_type, fn))
+
+    def has_subscribers(self, event_type: EventType) -> bool:
+        """True when an event of ``event_type`` would reach someone (a subscriber to that type or to every type)."""
+        with self._lock:
+            return any(t is None or t is event_type for t, _ in self._subs)
 
     def emit(self, event_type: EventType, payload: dict[str, Any] | None = None,
              timestamp: datetime | None = None) -> Event:

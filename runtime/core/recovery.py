@@ -18,7 +18,9 @@ Every record is a map with a kind ``"k"``:
     every not-yet-dispatched command of those assets scheduled at or after ``from`` (inclusive), in
     the batches accepted *before* it, was superseded at time ``at``. Materialized commands also get
     their own SUPERSEDED ``cmd`` snapshot; this record covers the lazy batch rows that never got one.
-    Replaying it means: before adding batch ``id``, supersede from ``from`` for those assets.
+    Replaying it means: before adding batch ``id``, supersede from ``from`` for those assets. Only the
+    first ``bsup`` of an id counts: a later one comes from a repeated submission of the same batch,
+    which changes nothing (the dispatcher no longer writes one; older journals may hold it).
 ``{"k": "ev", "e": Event.to_record()}``
     An event as published. Recovery only counts them.
 
@@ -85,6 +87,7 @@ def recover_records(records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any
     # (building one costs far more than reading the record, and most ids have several snapshots).
     snapshots: dict[str, tuple[int, int, dict[str, Any]]] = {}
     batch_pos: dict[str, int] = {}
+    sup_ids: set[str] = set()
     unknown_kinds: set[Any] = set()
     for index, item in enumerate(records):
         offset, rec = item if isinstance(item, tuple) else (-1, item)
@@ -105,9 +108,11 @@ def recover_records(records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any
                 else:
                     state.batches[pos] = batch
             elif kind == "bsup":
-                state.batch_supersessions.append({
-                    "id": str(rec["id"]), "assets": [str(a) for a in rec["assets"]],
-                    "from": float(rec["from"]), "at": float(rec["at"])})
+                sup = {"id": str(rec["id"]), "assets": [str(a) for a in rec["assets"]],
+                       "from": float(rec["from"]), "at": float(rec["at"])}
+                if sup["id"] not in sup_ids:  # a repeated submission of a known batch changed nothing
+                    sup_ids.add(sup["id"])
+                    state.batch_supersessions.append(sup)
             else:
                 state.unknown += 1
                 if kind not in unknown_kinds:

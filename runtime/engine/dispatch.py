@@ -17,9 +17,15 @@ their string values, times as epoch seconds), plus ``retry_at`` for a scheduled 
 ``request`` (the translated message) for COMMAND_DISPATCHED. A HELD command released to PENDING
 publishes nothing (see :class:`~runtime.core.command_table.Change`).
 
-Rows of a schedule are stored lazily: ``schedule_to_commands`` publishes one SCHEDULE_RECEIVED;
-each row publishes COMMAND_CREATED when it falls due (pulled in by ``get_pending_commands`` or
-``check_timeouts``).
+Rows of a schedule are stored lazily (as columns, materialized as they fall due), but every command is
+announced when it is created: ``schedule_to_commands`` publishes SCHEDULE_RECEIVED, then one
+COMMAND_CREATED per command of the schedule, in row order (only when someone subscribes to
+COMMAND_CREATED or to every event: a bus nobody listens to costs nothing per row).
+
+Commands handed to the caller to act on are :class:`~runtime.engine.tracked.TrackedCommand` views: the
+items of the batch ``schedule_to_commands`` returns, what ``get_pending_commands`` and ``submit``
+return. Their attributes always show the command's current state (after ``dispatch_command(cmd)``,
+``cmd.status`` is DISPATCHED). ``get``, ``commands`` and ``check_timeouts`` return immutable snapshots.
 
 Asset health: the engine listens to STATE_CHANGED on its bus. ``to_state`` FAULTED or UNAVAILABLE
 marks the asset unavailable (its due commands become HELD), any other state available (its HELD
@@ -44,6 +50,7 @@ from ..core.commands import Command, CommandStatus, InvalidCommandTransition
 from ..core.errors import ConfigurationError
 from ..core.events import Event, EventBus, EventType
 from ..core.retry import RetryPolicy
+from .tracked import TrackedBatch, TrackedCommand
 
 __all__ = ["DispatchEngine"]
 
@@ -69,6 +76,7 @@ class DispatchEngine:
                                   completion_timeout_s=completion_timeout_s)
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._last_now: float | None = None  # the latest time the caller gave (see "Times" above)
+        self._announced: set[str] = set()     # batches whose rows were announced (COMMAND_CREATED) on arrival
         self._unsubscribe = self.event_bus.subscribe(EventType.STATE_CHANGED, self._on_state_changed)
 
     def close(self) -> None:
@@ -78,20 +86,25 @@ class DispatchEngine:
     # ------------------------------------------------------------------ input
 
     def schedule_to_commands(self, schedule_df: Any, asset_map: Mapping[str, str] | None = None, *,
-                             replace: bool = True, now: datetime | None = None, **kwargs: Any) -> CommandBatch:
+                             replace: bool = True, now: datetime | None = None, **kwargs: Any) -> TrackedBatch:
         """Turn a schedule into commands (:func:`runtime.core.schedule.schedule_to_commands`, ``kwargs``
-        passed on; ``created_at`` defaults to ``now``) and store them as a lazy batch; returns the batch.
+        passed on; ``created_at`` defaults to ``now``) and store them as a lazy batch; returns the batch
+        (its items are :class:`TrackedCommand` views).
 
         Publishes SCHEDULE_RECEIVED (``batch_id, commands, assets`` (counts), ``start, end`` (epoch
         seconds, None when empty)). With ``replace`` (default), the new schedule replaces the old
         one: not-yet-dispatched commands of its assets scheduled at or after its first timestamp
-        are SUPERSEDED (one event each, after SCHEDULE_RECEIVED).
+        are SUPERSEDED (one event each, after SCHEDULE_RECEIVED). Then COMMAND_CREATED for each of the
+        new commands (see the module docstring). A batch id the engine knows is ignored (a retried
+        submission changes nothing and publishes nothing).
         """
         from ..core.schedule import schedule_to_commands
 
         t = self._epoch(now, "now")
         kwargs.setdefault("created_at", t)
         batch = schedule_to_commands(schedule_df, asset_map, **kwargs)
+        if self.table.has_batch(batch.batch_id):
+            return TrackedBatch(batch, self.table.get)
         n = len(batch)
         self.event_bus.emit(EventType.SCHEDULE_RECEIVED, {
             "batch_id": batch.batch_id, "commands": n, "assets": len(batch.assets),
@@ -100,27 +113,45 @@ class DispatchEngine:
         if replace and n:
             self._publish(self.table.supersede_future(batch.assets, float(batch.times[0]), t), t)
         self.table.add_batch(batch, t)
-        return batch
+        if n and self.event_bus.has_subscribers(EventType.COMMAND_CREATED):
+            self._announced.add(batch.batch_id)
+            self._announce(batch, t)
+        return TrackedBatch(batch, self.table.get)
 
-    def submit(self, command: Command, now: datetime | None = None) -> Command | None:
-        """Add one PENDING command (COMMAND_CREATED); returns the table's snapshot of it.
+    def _announce(self, batch: CommandBatch, now: float) -> None:
+        """One COMMAND_CREATED per row of a new batch, built from its columns (no Command objects)."""
+        stamp = to_datetime(now)
+        types = [t.value for t in CommandBatch.TYPES]
+        assets, publish = batch.assets, self.event_bus.publish
+        for i, (at, code, tcode, value) in enumerate(zip(batch.times.tolist(), batch.asset_codes.tolist(),
+                                                         batch.type_codes.tolist(), batch.values.tolist())):
+            publish(Event(EventType.COMMAND_CREATED, stamp, {
+                "command_id": batch.command_id(i), "asset_id": assets[code], "command_type": types[tcode],
+                "value": value, "status": "PENDING", "previous_status": None, "attempts": 0, "error": None,
+                "scheduled_time": at, "priority": batch.priority}))
 
-        The same id submitted again is ignored: the existing snapshot is returned (None when it has
-        been pruned from the table), nothing is published.
+    def submit(self, command: Command, now: datetime | None = None) -> TrackedCommand | None:
+        """Add one PENDING command (COMMAND_CREATED); returns a :class:`TrackedCommand` view of it.
+
+        The same id submitted again is ignored: a view of the existing command is returned (None when
+        it has been pruned from the table), nothing is published.
         """
         t = self._epoch(now, "now")
         self._publish(self.table.add([command], t), t)
-        return self.table.get(command.command_id)
+        current = self.table.get(command.command_id)
+        return TrackedCommand(current, self.table.get) if current is not None else None
 
     # ------------------------------------------------------------------ dispatch
 
-    def get_pending_commands(self, now: datetime) -> list[Command]:
-        """Sweep the table at ``now`` (publishing its changes) and return the due commands, best first."""
+    def get_pending_commands(self, now: datetime) -> list[TrackedCommand]:
+        """Sweep the table at ``now`` (publishing its changes) and return the due commands, best first,
+        as :class:`TrackedCommand` views."""
         t = self._epoch(now, "now")
         self._publish(self.table.sweep(t), t)
-        return self.table.due(t)
+        return [TrackedCommand(c, self.table.get) for c in self.table.due(t)]
 
-    def dispatch_command(self, cmd: Command, adapter: Any = None, now: datetime | None = None) -> dict[str, Any] | None:
+    def dispatch_command(self, cmd: Command | TrackedCommand, adapter: Any = None,
+                         now: datetime | None = None) -> dict[str, Any] | None:
         """Translate the table's current snapshot of ``cmd`` with ``adapter`` (default: the registry's
         adapter of its asset) and mark it DISPATCHED; returns the translated message for the caller
         to send.
@@ -231,6 +262,9 @@ class DispatchEngine:
             if ch.event is None:
                 continue
             c = ch.command
+            if ch.event is EventType.COMMAND_CREATED and self._announced and \
+                    c.command_id.rpartition("-")[0] in self._announced:
+                continue  # a schedule row falling due: it was announced when the schedule arrived
             payload: dict[str, Any] = {
                 "command_id": c.command_id, "asset_id": c.asset_id, "command_type": c.command_type.value,
                 "value": c.value, "status": c.status.value,

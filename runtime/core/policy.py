@@ -1,0 +1,35 @@
+"""The dispatch policy: the one synchronous stage every command passes on its way to a device.
+
+The dispatcher calls it between the command table's ``due()`` and ``mark_dispatched``, so it sees every
+command before it is sent: new ones, retries, commands released from HELD and commands restored after
+a restart. It also reviews each command when it is submitted, so a command that can never be sent is
+refused at once. A refused command goes PENDING -> REJECTED with the reason: it is never DISPATCHED
+and never reaches the device.
+
+Today's rule is the asset's own device limits (:meth:`~runtime.core.assets.AssetSpec.check`: a type the
+asset does not support, a negative rate, a rate above the limit, a SoC target outside 0..100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .assets import AssetSpec
+from .commands import Command
+
+__all__ = ["DispatchPolicy"]
+
+
+class DispatchPolicy:
+    """Reviews commands against the site's assets. Pure and single-threaded: the dispatcher owns it."""
+
+    def __init__(self, specs: Mapping[str, AssetSpec]) -> None:
+        self._specs = dict(specs)
+
+    def refusal(self, command: Command) -> str | None:
+        """Why ``command`` must not be sent (a sentence naming the asset, the value and the limit), or
+        None when it may go."""
+        spec = self._specs.get(command.asset_id)
+        if spec is None:
+            return f"unknown asset {command.asset_id!r}"
+        return spec.check(command)
