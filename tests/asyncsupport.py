@@ -30,6 +30,13 @@ async def settle(predicate: Callable[[], Any], timeout: float = 3.0, what: str =
         await asyncio.sleep(0.005)
 
 
+async def yield_to_loop(iterations: int = 50) -> None:
+    """Let everything that is ready on the loop run (``iterations`` turns of the loop, no waiting on
+    time): before checking that something did NOT happen."""
+    for _ in range(iterations):
+        await asyncio.sleep(0)
+
+
 def read_on(io: Any, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
     """Evaluate ``fn`` on a simulator's I/O thread (``runtime.core.iothread.IOThread``): its state belongs there."""
     async def read() -> Any:

@@ -20,7 +20,7 @@ from protocols.sim.battery import BatterySim
 from runtime.core.clock import VirtualClock
 from runtime.core.commands import Command, CommandType, new_command_id
 
-from .asyncsupport import run as shared_run, settle as until
+from .asyncsupport import run as shared_run, settle as until, yield_to_loop
 from .conftest import T0
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]
@@ -239,8 +239,9 @@ def test_offline_is_not_connected_then_reconnect_reports_rebooted():
             await until(lambda: rig.of(LinkDown), what="LinkDown")
             r = await rig.execute("SET_CHARGE_RATE", 13)
             assert r.outcome is Outcome.NOT_CONNECTED
-            await asyncio.sleep(0.15)  # a few refused reconnects: still one LinkDown per outage
-            assert len(rig.of(LinkDown)) == 1
+            tried = rig.link.stats["attempts"]
+            await until(lambda: rig.link.stats["attempts"] >= tried + 3, what="three refused reconnects")
+            assert len(rig.of(LinkDown)) == 1  # still one LinkDown per outage
             await rig.sim.set_online(reboot=True)  # power-cycled: it forgot its setpoint
             up = await until(lambda: [e for e in rig.of(LinkUp) if e.rebooted], what="LinkUp(rebooted=True)")
             assert len(up) == 1 and rig.sim.setpoint_kw == 0.0
@@ -281,8 +282,8 @@ def test_a_device_that_does_not_fit_the_map_stays_down_with_the_reason():
         link = ModbusBatteryLink("127.0.0.1", rig.sim.port, register_map=sunspec_map(), timeout=0.25,
                                  reconnect_delay=0.02, reconnect_delay_max=0.05)  # ... driven as SunSpec
         await link.start(DeviceContext(asyncio.get_running_loop(), rig.clock), rig.events.append)
-        await asyncio.sleep(0.15)  # several discovery attempts, one LinkDown
-        downs = rig.of(LinkDown)
+        await until(lambda: link.stats["attempts"] >= 3, what="three discovery attempts")
+        downs = rig.of(LinkDown)  # several attempts, one LinkDown
         assert len(downs) == 1 and "no SunSpec marker 'SunS' at register 40001" in downs[0].reason
         assert not rig.of(LinkUp) and link.stats["connects"] == 0
         r = await link.execute(cmd("SET_CHARGE_RATE", 1))
@@ -298,7 +299,7 @@ def test_telemetry_is_polled_on_the_site_clock():
             first = await until(lambda: rig.of(Telemetry), what="first telemetry")
             assert first[0].values == {"soc_pct": 50.0, "power_kw": 0.0}
             assert (await rig.execute("SET_CHARGE_RATE", 30)).outcome is Outcome.COMPLETED
-            await asyncio.sleep(0.05)
+            await yield_to_loop()
             assert len(rig.of(Telemetry)) == 1  # virtual time has not moved: no poll
             rig.clock.advance(60)
             tel = await until(lambda: rig.of(Telemetry)[1:], what="second telemetry")

@@ -21,6 +21,7 @@ from protocols.sim.battery import BatterySim
 from runtime.core.clock import VirtualClock
 from runtime.core.commands import Command, CommandType, new_command_id
 
+from .asyncsupport import settle
 from .conftest import T0
 from .test_modbus_link import run
 
@@ -122,8 +123,8 @@ def test_fault_injection_exception_silence_offline():
                 sim.set_silent(False)
                 assert not (await client.write_registers(40000, [10])).isError()
                 await sim.set_offline()
-                await asyncio.sleep(0.05)
-                assert not client.connected and not sim.online
+                await settle(lambda: not client.connected, what="the client to see the connection drop")
+                assert not sim.online
                 with pytest.raises(ConnectionException):
                     await client.read_holding_registers(40000, count=1)
                 await sim.set_online()

@@ -4,7 +4,6 @@ on the site's virtual clock."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -62,7 +61,7 @@ def test_site_drives_modbus_batteries_end_to_end():
             # a power-cycled battery gets its target re-sent by the actor (LinkUp(rebooted=True))
             sim = sims["bat-sunspec"]
             io.call(sim.set_offline())
-            time.sleep(0.1)
+            until(lambda: site.asset_status("bat-sunspec").link == "down", what="the link to notice the outage")
             io.call(sim.set_online(reboot=True))
             until(lambda: sim.setpoint_kw == pytest.approx(20.0), what="target re-sent after reboot")
             # discharging flips the state machine once the next poll sees negative power

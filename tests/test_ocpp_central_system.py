@@ -30,7 +30,7 @@ VERSIONS = ["1.6", "2.0.1"]
 pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("no_leaks")]  # no_leaks: tests/conftest.py
 
 
-from .asyncsupport import run, settle  # noqa: E402  (shared harness)
+from .asyncsupport import run, settle, yield_to_loop  # noqa: E402  (shared harness)
 
 
 class Bench:
@@ -198,6 +198,7 @@ def test_newest_connection_replaces_the_older_one(version: str) -> None:
     async def body() -> None:
         async with Bench() as b:
             events, first = await b.online("CPR", version)
+            old = b.cs.charge_point("CPR").connection
             second = b.sim("CPR", version)
             await second.start()
             await settle(lambda: not first.connected, what="old connection closed")
@@ -206,8 +207,9 @@ def test_newest_connection_replaces_the_older_one(version: str) -> None:
             assert of(events, ChargerOnline)[1].rebooted
             rec = b.cs.charge_point("CPR")
             assert rec.online and b.cs.connected_ids() == ["CPR"]
-            await asyncio.sleep(0.05)  # the old connection's end must not take the new one offline
-            assert rec.online and len(of(events, ChargerOffline)) == 1
+            await settle(lambda: old._closed and not old._tasks, what="the old connection's end")
+            await yield_to_loop()
+            assert rec.online and len(of(events, ChargerOffline)) == 1  # its end did not take the new one offline
     run(body)
 
 

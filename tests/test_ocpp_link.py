@@ -304,7 +304,9 @@ def test_slow_answer_times_out_and_the_late_answer_is_ignored(version: str) -> N
             res = await r.link.execute(cmd(CommandType.SET_CHARGE_RATE, 7))
             assert res.outcome is Outcome.TIMED_OUT and "0.3" in res.reason
             sim.set_delay(0)
-            await asyncio.sleep(0.5)  # the late answer arrives and is dropped
+            connection = r.cs.charge_point(r.cp_id).connection
+            await settle(lambda: connection._response_queue.qsize() == 1, what="the late answer to arrive")
+            # the late answer waits in the queue: the next call must skip it and take its own
             res = await r.link.execute(cmd(CommandType.SET_CHARGE_RATE, 8))
             assert res.outcome is Outcome.COMPLETED, res
             assert sim.limit_w == 8000

@@ -138,7 +138,9 @@ class ModbusBatteryLink(DeviceLink):
         self._backoff = self.reconnect_delay
         self._apply_lock: asyncio.Lock | None = None  # one write plan at a time (commands vs keepalive)
         #: Counters for tests and diagnostics.
-        self.stats = {"connects": 0, "tcp_connects": 0, "polls": 0, "writes": 0, "keepalives": 0}
+        #: attempts: connection attempts (each try to connect, bind the map and probe), connects: the ones
+        #: that succeeded, tcp_connects: TCP connections made, polls / writes / keepalives: as named.
+        self.stats = {"attempts": 0, "connects": 0, "tcp_connects": 0, "polls": 0, "writes": 0, "keepalives": 0}
 
     # ---- DeviceLink -----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -296,6 +298,7 @@ class ModbusBatteryLink(DeviceLink):
         self._backoff = self.reconnect_delay
         down_reported = False
         while True:
+            self.stats["attempts"] += 1
             try:
                 error = await self._connect_once()
             except Exception as e:  # never let one odd attempt end the keeper
