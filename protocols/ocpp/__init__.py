@@ -8,6 +8,7 @@ Laid out like the ``ocpp`` library: a room per version, shared parts beside them
 * :mod:`protocols.ocpp.v16` / :mod:`protocols.ocpp.v201`: the per-connection handlers
   (``central.py``) and the SetChargingProfile builder (``profiles.py``) of each version.
 * Shared: :mod:`~protocols.ocpp.connection` (one connection's tasks and registration),
+  :mod:`~protocols.ocpp.frames` (how a bad OCPP-J frame is answered, per version),
   :mod:`~protocols.ocpp.records` (what is known per charge point), :mod:`~protocols.ocpp.meter`
   (meter values), :mod:`~protocols.ocpp.mapping` (OCPP statuses -> charger states),
   :mod:`~protocols.ocpp.notifications` (what the central system tells its listeners),

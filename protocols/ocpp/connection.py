@@ -6,8 +6,11 @@
 library's ``ChargePoint``. It owns the tasks the connection starts (cancelled and awaited when it
 closes, see :meth:`ChargePointConnection.shutdown`), the BootNotification answer and what follows it
 (reading the charger's rate unit, then ChargerOnline), the reconnect logic for a charger that comes
-back without booting (TriggerMessage to re-announce its transactions), and the helpers the handlers
-use to report connector states, meter readings and transactions to the central system's listeners.
+back without booting (TriggerMessage to re-announce its transactions), the helpers the handlers
+use to report connector states, meter readings and transactions to the central system's listeners,
+and the guard every frame from the charger passes first (:meth:`ChargePointConnection.route_message`:
+a bad frame is answered as its OCPP-J version prescribes, see :mod:`protocols.ocpp.frames`, and never
+closes the connection).
 
 Everything here runs on the I/O loop. Nothing is awaited inside an ``@on`` handler: calls to the
 charger run in tasks (:meth:`ChargePointConnection.spawn`).
@@ -23,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runtime.core.errors import ChargerNotConnected
 
+from .frames import FrameProblem, call_error, check_frame
 from .meter import parse_meter_values
 from .notifications import ChargerOnline, ConnectorStatus, MeterReading, TransactionStarted
 from .records import ChargePointRecord
@@ -36,6 +40,14 @@ log = logging.getLogger("protocols.ocpp.central_system")
 WIRE_LOG = logging.getLogger("protocols.ocpp.wire")
 
 __all__ = ["ChargePointConnection", "WIRE_LOG"]
+
+_PREVIEW = 120  # characters of a bad frame quoted in the log
+
+
+def _preview(raw: str | bytes) -> str:
+    """The start of a frame, for the log (a bad frame can be a megabyte of brackets)."""
+    start = raw[:_PREVIEW] if isinstance(raw, str) else repr(raw[:_PREVIEW])
+    return start if len(raw) <= _PREVIEW else f"{start}... ({len(raw)} characters)"
 
 
 class ChargePointConnection(ClosingResponseWait):
@@ -82,6 +94,38 @@ class ChargePointConnection(ClosingResponseWait):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    # ---- frames from the charger ---------------------------------------------------------------
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        """Route one frame from the charger (the library's receive loop calls this for every frame).
+
+        A frame the library cannot route safely (:func:`~protocols.ocpp.frames.check_frame`) is answered
+        here with the CALLERROR its OCPP-J version prescribes, or only logged where the version prescribes
+        no answer; a well-formed frame goes to the library's ``route_message``. No frame closes the
+        connection: an unexpected error while the library handles one is logged and the next frame is read.
+        """
+        problem = check_frame(raw_msg, self.version)
+        if problem is not None:
+            await self._refuse_frame(problem, raw_msg)
+            return
+        try:
+            await super().route_message(raw_msg)  # type: ignore[misc]
+        except ConnectionClosed:
+            raise
+        except Exception:  # noqa: BLE001 - one frame must not end the charger's connection
+            log.exception("charge point %s: handling a frame failed; the connection stays open: %s",
+                          self.id, _preview(raw_msg))  # type: ignore[attr-defined]
+
+    async def _refuse_frame(self, problem: FrameProblem, raw_msg: str | bytes) -> None:
+        cp_id: str = self.id  # type: ignore[attr-defined]
+        if not problem.answered:
+            log.warning("charge point %s: bad OCPP %s frame ignored, not answered (%s): %s", cp_id, self.version,
+                        problem.description, _preview(raw_msg))
+            return
+        log.warning("charge point %s: bad OCPP frame answered %s (%s): %s", cp_id, problem.code,
+                    problem.description, _preview(raw_msg))
+        answer = call_error(problem)
+        WIRE_LOG.info("%s: send %s", cp_id, answer)  # as the library logs what it sends
+        await self._connection.send(answer)  # type: ignore[attr-defined]
 
     # ---- registration / announce ---------------------------------------------------------------
     def _boot_answer(self, payload: Mapping[str, Any]) -> tuple[str, int]:
@@ -201,7 +245,7 @@ class ChargePointConnection(ClosingResponseWait):
         self._cs._emit(self.id, ConnectorStatus(self.id, connector, state, raw, error_code, info))  # type: ignore[attr-defined]
 
     def _meter(self, connector: int, meter_value: Any, transaction_id: int | str | None = None) -> None:
-        power, energy = parse_meter_values(meter_value)
+        power, energy = parse_meter_values(meter_value, charger=self.id)  # type: ignore[attr-defined]
         if power is None and energy is None:
             return
         self._cs._emit(self.id, MeterReading(self.id, connector, power, energy, transaction_id))  # type: ignore[attr-defined]
