@@ -5,22 +5,42 @@
     coordinator bench [--quick]           print performance figures
     coordinator sim ocpp --count N --url ws://127.0.0.1:9000[/path]
     coordinator sim battery --port 5020 [--count N]
+    coordinator --version                 coordinator <version of the installed package>
 
 Each subcommand module (:mod:`.demo`, :mod:`.scenario`, :mod:`.bench`, :mod:`.sim_ocpp`,
 :mod:`.sim_battery`) has ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code: 0 done,
-1 a check or run failed, 2 bad input). Modules are imported only when their subcommand runs.
+1 a check or run failed, 2 bad input: argparse's usage error or one line on stderr, never a traceback);
+option value types they share are in :mod:`.argtypes`. Modules are imported only when their subcommand
+runs. The ``--help`` texts are plain (``DESCRIPTION``, ``EPILOG`` and each command's help), not this
+docstring: reST markup does not belong in a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "version"]
+
+#: The ``--help`` texts: plain text, no markup.
+DESCRIPTION = ("Site coordination runtime: turns energy schedules and operator commands into OCPP and\n"
+               "Modbus device commands, tracked to a final state.")
+EPILOG = """examples:
+  coordinator demo                      a simulated site dispatching a schedule (virtual clock)
+  coordinator scenario FILE [--json]    run a scenario file (TOML + CSV schedule) and report
+  coordinator bench [--quick]           print performance figures
+  coordinator sim ocpp --count 10 --url ws://127.0.0.1:9000
+  coordinator sim battery --port 5020 --count 2
+
+exit codes: 0 done, 1 a check or run failed, 2 bad input."""
+#: The installed distribution whose version ``--version`` prints.
+DISTRIBUTION = "qubit-energy-coordinator"
 
 #: subcommand -> (module, help); "sim" has kinds of its own.
 _COMMANDS = {
@@ -38,19 +58,56 @@ def _module(name: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def version() -> str:
+    """The version of the installed distribution (``importlib.metadata``); run from a source tree that is not
+    installed, the version in its ``pyproject.toml`` marked ``(not installed)``; else ``unknown``."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        if project.get("name") == DISTRIBUTION and project.get("version"):
+            return f"{project['version']} (not installed)"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``coordinator <version>`` and exit 0; the metadata is read only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``coordinator`` argument parser."""
-    parser = argparse.ArgumentParser(prog="coordinator", description=__doc__.split("\n\n")[0].strip(),
+    parser = argparse.ArgumentParser(prog="coordinator", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     for name, (module, help_text) in _COMMANDS.items():
-        _module(module).add_arguments(sub.add_parser(name, help=help_text))
-    sim = sub.add_parser("sim", help="run device simulators as a separate process")
+        _module(module).add_arguments(sub.add_parser(name, help=help_text, description=_sentence(help_text)))
+    sim_help = "run device simulators as a separate process"
+    sim = sub.add_parser("sim", help=sim_help, description=_sentence(sim_help))
     sim_sub = sim.add_subparsers(dest="sim", required=True, metavar="KIND")
     for name, (module, help_text) in _SIM_KINDS.items():
-        _module(module).add_arguments(sim_sub.add_parser(name, help=help_text))
+        _module(module).add_arguments(sim_sub.add_parser(name, help=help_text, description=_sentence(help_text)))
     return parser
+
+
+def _sentence(text: str) -> str:
+    """A command's one-line help as the description atop its own ``--help``: capitalized, with a full stop."""
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``coordinator scenario``."""
     parser.add_argument("path", help="scenario TOML file, e.g. scenarios/evening_peak.toml")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -21,4 +22,8 @@ def run(args: argparse.Namespace) -> int:
         return run_scenario(load_scenario(args.path), as_json=args.json)
     except ScenarioError as exc:
         print(f"coordinator scenario: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, an unreadable or a binary file
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"coordinator scenario: {args.path}: cannot read it ({why})", file=sys.stderr)
         return 2

@@ -3,7 +3,12 @@
     coordinator sim ocpp --count 200 --url ws://127.0.0.1:9000 --version 1.6
 
 The charge points are :class:`~protocols.sim.chargepoint.ChargePointSim` objects run as a fleet
-(:mod:`protocols.sim.fleet`). Exit codes: 0 clean stop, 1 no charge point started, 2 bad options.
+(:func:`protocols.sim.fleet.run_fleet` with ``retry=True``): a charge point that cannot connect (no
+central system yet, a refused handshake) is retried with exponential backoff and full jitter,
+``--retry-base`` seconds doubling to ``--retry-cap``, until it connects, so the fleet may start before
+its central system; one that connected and lost its connection reconnects on its own. A malformed
+``--url`` is refused at once. Exit codes: 0 clean stop, 1 stopped before any charge point connected,
+2 bad options (argparse's usage error, or one line on stderr naming the URL and what is wrong with it).
 """
 
 from __future__ import annotations
@@ -12,46 +17,67 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
-from protocols.sim.fleet import run_fleet
+from protocols.sim.fleet import check_url, run_fleet
+
+from .argtypes import integer, log_level, number
 
 log = logging.getLogger("protocols.sim.chargepoint")
+
+_UNITS = ["W", "A", "A,W"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``coordinator sim ocpp``."""
-    parser.add_argument("--count", type=int, default=1, help="number of charge points (default 1)")
+    parser.add_argument("--count", type=integer(1), default=1, help="number of charge points (default 1)")
     parser.add_argument("--url", default="ws://127.0.0.1:9000",
-                        help="central system URL; each charge point connects to <url>/<id>")
+                        help="central system URL, ws:// or wss://; each charge point connects to <url>/<id> "
+                             "(default ws://127.0.0.1:9000)")
     parser.add_argument("--version", choices=["1.6", "2.0.1"], default="1.6", help="OCPP version (default 1.6)")
     parser.add_argument("--id-prefix", default="CP", help="charge point ids are <prefix>0001.. (default CP)")
-    parser.add_argument("--max-kw", type=float, default=22.0, help="power of each charger (default 22)")
-    parser.add_argument("--accepted-unit", choices=["W", "A", "A,W"], default="W",
-                        help="charging rate unit the chargers accept (default W)")
+    parser.add_argument("--max-kw", type=number(0), default=22.0, help="power of each charger in kW (default 22)")
+    parser.add_argument("--accepted-unit", choices=_UNITS, default="W", metavar="UNIT",
+                        help="charging rate unit the chargers accept in profiles: W, A, or A,W for both "
+                             "(default W)")
     parser.add_argument("--password", default=None, help="HTTP Basic password (security profile 1)")
-    parser.add_argument("--meter-interval", type=float, default=60.0,
+    parser.add_argument("--meter-interval", type=number(0), default=60.0,
                         help="seconds between periodic MeterValues, 0 = only on change (default 60)")
     parser.add_argument("--plug-in", action="store_true", help="plug an EV into every charger after boot")
     parser.add_argument("--start-transactions", action="store_true", help="start a transaction on every charger")
-    parser.add_argument("--concurrency", type=int, default=50, help="simultaneous connection handshakes (default 50)")
+    parser.add_argument("--concurrency", type=integer(1), default=50,
+                        help="simultaneous connection handshakes (default 50)")
     parser.add_argument("--no-validation", action="store_true", help="skip JSON-schema validation (faster)")
-    parser.add_argument("--delay", type=float, default=0.0, help="answer every call after this many seconds")
-    parser.add_argument("--log-level", default=None,
-                        help="logging level, e.g. INFO or WARNING (default: INFO, or what the caller configured)")
+    parser.add_argument("--delay", type=number(0), default=0.0,
+                        help="answer every call after this many seconds (default 0)")
+    parser.add_argument("--retry-base", type=number(0, above=True), default=0.5, metavar="SECONDS",
+                        help="a charger that could not connect retries within this many seconds, the window "
+                             "doubling per failed attempt (random wait in it: full jitter; default 0.5)")
+    parser.add_argument("--retry-cap", type=number(0, above=True), default=30.0, metavar="SECONDS",
+                        help="the longest retry window in seconds (default 30)")
+    parser.add_argument("--log-level", type=log_level, default=None, metavar="LEVEL",
+                        help="DEBUG, INFO, WARNING or ERROR (default: WARNING, INFO with coordinator -v)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the fleet described by ``args`` until SIGINT/SIGTERM; 0 on a clean stop, 1 if none started."""
-    if args.count < 1:
-        print("sim ocpp: --count must be >= 1")
+    """Run the fleet described by ``args`` until SIGINT/SIGTERM; 0 on a clean stop, 1 if none connected,
+    2 (one line on stderr) for a malformed URL or retry window."""
+    try:
+        check_url(args.url)
+    except ValueError as exc:
+        print(f"coordinator sim ocpp: --url {args.url!r} is malformed: {exc}", file=sys.stderr)
         return 2
-    level = getattr(logging, str(args.log_level).upper(), logging.INFO) if args.log_level else None
+    if args.retry_cap < args.retry_base:
+        print(f"coordinator sim ocpp: --retry-cap ({args.retry_cap:g} s) must be >= --retry-base "
+              f"({args.retry_base:g} s)", file=sys.stderr)
+        return 2
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level or logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    elif level is not None:
-        root.setLevel(level)
+        logging.basicConfig(level=args.log_level or logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    elif args.log_level is not None:
+        root.setLevel(args.log_level)
     logging.getLogger("protocols.sim.wire").setLevel(logging.WARNING)  # one line per OCPP frame otherwise
 
     async def go() -> int:
@@ -64,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                 pass
         try:
             fleet = await run_fleet(
-                args.url, args.count, args.version, args.id_prefix, stop=stop, max_kw=args.max_kw,
+                args.url, args.count, args.version, args.id_prefix, stop=stop, retry=True,
+                retry_base=args.retry_base, retry_cap=args.retry_cap, max_kw=args.max_kw,
                 accepted_unit=args.accepted_unit, password=args.password, meter_interval=args.meter_interval,
                 plug_in=args.plug_in, start_transactions=args.start_transactions, concurrency=args.concurrency,
                 validate=not args.no_validation, delay=args.delay, auto_reconnect=True)
