@@ -91,8 +91,8 @@ class InMemoryDevice(DeviceLink):
             if self._fail_next > 0:
                 self._fail_next -= 1
                 return DeviceResult(Outcome.FAILED, self._fail_reason)
-            self.applied.append(AppliedCommand(command.command_id, command.command_type.value, command.value))
-            self.setpoints[command.command_type.value] = command.value
+            self.applied.append(AppliedCommand(command.command_id, command.command_type.value, command.setpoint))
+            self.setpoints[command.command_type.value] = command.setpoint
             power = self._battery_power() if command.command_type.value in _RATE_TYPES else None
             if self._ack_only:
                 self._unfinished.append(command.command_id)

@@ -44,10 +44,10 @@ _EXPORTS: dict[str, str] = {
     "ProtocolAdapter": "runtime.engine.adapters", "RegisterSpec": "protocols.modbus.codec",
     # every error a user can catch (runtime.core.errors)
     **{name: "runtime.core.errors" for name in (
-        "CoordinatorError", "ConfigurationError", "CommandError", "InvalidCommand", "InvalidCommandTransition",
-        "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError", "JournalCorrupt", "SiteError",
-        "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected",
-        "RegisterMapError", "SimNotConnected")},
+        "CoordinatorError", "ConfigurationError", "ConfigFileError", "CommandError", "InvalidCommand",
+        "InvalidCommandTransition", "UnsupportedCommand", "ScheduleError", "InvalidTransition",
+        "JournalError", "JournalCorrupt", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset",
+        "ScenarioError", "DeviceError", "ChargerNotConnected", "RegisterMapError", "SimNotConnected")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .core.clock import Clock, RealClock, VirtualClock  # noqa: F401
     from .core.command_table import Change, CommandTable  # noqa: F401
     from .core.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id  # noqa: F401
-    from .core.errors import (ChargerNotConnected, CommandError, ConfigurationError,  # noqa: F401
+    from .core.errors import (ChargerNotConnected, CommandError, ConfigFileError, ConfigurationError,  # noqa: F401
                               CoordinatorError, DeviceError, InvalidCommand, InvalidCommandTransition,
                               InvalidTransition, JournalCorrupt, JournalError, RegisterMapError, ScenarioError,
                               ScheduleError, SimNotConnected, SiteError, SiteFailed, SiteNotRunning,

@@ -77,7 +77,7 @@ _ACTIONS: dict[str, Callable[[InMemoryDevice, Any], None]] = {
 
 def _need(table: dict[str, Any], key: str, where: str, path: Path) -> Any:
     if key not in table:
-        raise ScenarioError(f"{path}: {where}: missing field {key!r}")
+        raise ScenarioError(str(path), [f"{where}: missing field {key!r}"])
     return table[key]
 
 
@@ -92,8 +92,8 @@ def _asset(entry: dict[str, Any], i: int, path: Path) -> AssetSpec:
                                max_discharge_kw=float(entry.get("max_discharge_kw", 50.0)),
                                capacity_kwh=float(entry.get("capacity_kwh", 100.0)))
     except (TypeError, ValueError) as exc:
-        raise ScenarioError(f"{path}: {where}: {exc}") from None
-    raise ScenarioError(f"{path}: {where}.kind: must be 'charger' or 'battery', got {kind!r}")
+        raise ScenarioError(str(path), [f"{where}: {exc}"]) from None
+    raise ScenarioError(str(path), [f"{where}.kind: must be 'charger' or 'battery', got {kind!r}"])
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -102,15 +102,15 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
+        raise ScenarioError(str(path), ["no such scenario file"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+        raise ScenarioError(str(path), [f"not valid TOML: {exc}"]) from None
     try:
         start = datetime.fromisoformat(str(_need(data, "start", "top level", path)))
     except ValueError:
-        raise ScenarioError(f"{path}: start: not an ISO time: {data['start']!r}") from None
+        raise ScenarioError(str(path), [f"start: not an ISO time: {data['start']!r}"]) from None
     if start.tzinfo is None:
-        raise ScenarioError(f"{path}: start: give a time zone, e.g. {data['start']}Z")
+        raise ScenarioError(str(path), [f"start: give a time zone, e.g. {data['start']}Z"])
     assets = tuple(_asset(a, i, path) for i, a in enumerate(_need(data, "assets", "top level", path)))
     sched = _need(data, "schedule", "top level", path)
     csv = path.parent / str(_need(sched, "csv", "schedule", path))
@@ -118,20 +118,20 @@ def load_scenario(path: str | Path) -> Scenario:
         frame = pd.read_csv(csv, index_col=0)
         frame.index = pd.to_datetime(frame.index, utc=True)
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: schedule.csv: no such file {csv}") from None
+        raise ScenarioError(str(path), [f"schedule.csv: no such file {csv}"]) from None
     except (ValueError, pd.errors.ParserError) as exc:
-        raise ScenarioError(f"{path}: schedule.csv: {csv}: {exc}") from None
+        raise ScenarioError(str(path), [f"schedule.csv: {csv}: {exc}"]) from None
     ids = {a.asset_id for a in assets}
     events = []
     for i, ev in enumerate(data.get("events", [])):
         where = f"events[{i}]"
         action = _need(ev, "action", where, path)
         if action not in _ACTIONS:
-            raise ScenarioError(f"{path}: {where}.action: unknown action {action!r}; "
-                                f"choose from {', '.join(_ACTIONS)}")
+            raise ScenarioError(str(path), [f"{where}.action: unknown action {action!r}; "
+                                             f"choose from {', '.join(_ACTIONS)}"])
         asset = _need(ev, "asset", where, path)
         if asset not in ids:
-            raise ScenarioError(f"{path}: {where}.asset: unknown asset {asset!r}")
+            raise ScenarioError(str(path), [f"{where}.asset: unknown asset {asset!r}"])
         events.append(FaultEvent(float(_need(ev, "at_s", where, path)), asset, action, ev.get("value")))
     return Scenario(name=str(data.get("name", path.stem)), start=start, assets=assets, schedule=frame,
                     asset_map=dict(sched.get("asset_map", {})), events=tuple(sorted(events, key=lambda e: e.at_s)),

@@ -207,7 +207,7 @@ class ModbusBatteryLink(DeviceLink):
             return DeviceResult(Outcome.NOT_CONNECTED, f"battery {self.name}: not connected ({self._last_error})")
         mp = self._map
         try:
-            return await self._apply(client, mp, ct, float(command.value), remember=True)
+            return await self._apply(client, mp, ct, float(command.setpoint), remember=True)
         except RegisterMapError as e:
             return DeviceResult(Outcome.REJECTED, f"battery {self.name}: {e}")
         except _ExceptionResponse as e:

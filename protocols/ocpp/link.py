@@ -289,7 +289,7 @@ class OcppChargerLink(DeviceLink):
 
     async def _set_limit(self, command: Command, rec: ChargePointRecord) -> DeviceResult:
         unit = rec.rate_unit if rec.rate_unit in ("W", "A") else "W"
-        limit = charging_limit(command.value, unit, voltage=self.voltage, phases=self.phases)
+        limit = charging_limit(command.setpoint, unit, voltage=self.voltage, phases=self.phases)
         station = command.command_type is CommandType.SET_POWER_LIMIT and self.power_limit_profile == "station_max"
         for attempt in (1, 2):
             if station:

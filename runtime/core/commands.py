@@ -105,6 +105,7 @@ class _CommandFields(NamedTuple):
     created_at: datetime | None = None
     last_error: str | None = None
     source: str = "api"
+    granted: float | None = None
 
 
 class Command(_CommandFields):
@@ -114,6 +115,9 @@ class Command(_CommandFields):
     SET_SOC_TARGET, 1/0 (operative/inoperative) for CHANGE_AVAILABILITY, ignored by START/STOP.
     ``scheduled_time`` is when it becomes due; ``expires_at`` (optional) is when it is no longer
     worth applying. ``priority``: higher goes first among commands due at the same time.
+    ``granted`` is the value the dispatcher's policy stage allowed when it sent the command (the site's
+    grid limit may scale a setpoint down; None: not limited): ``value`` stays what was requested, and
+    :attr:`setpoint` is what the device is told.
     The constructor validates every field and names the one that is wrong.
     """
 
@@ -122,7 +126,7 @@ class Command(_CommandFields):
     def __new__(cls, command_id: str, asset_id: str, command_type: CommandType | str, value: float,
                 scheduled_time: datetime, status: CommandStatus | str = CommandStatus.PENDING, attempts: int = 0,
                 priority: int = 0, expires_at: datetime | None = None, created_at: datetime | None = None,
-                last_error: str | None = None, source: str = "api") -> "Command":
+                last_error: str | None = None, source: str = "api", granted: float | None = None) -> "Command":
         if not command_id or not isinstance(command_id, str):
             raise InvalidCommand(f"command_id: must be a non-empty string, got {command_id!r}")
         if not isinstance(command_type, CommandType):
@@ -144,8 +148,11 @@ class Command(_CommandFields):
                          ("created_at", created_at)):
             if (ts is not None or name == "scheduled_time") and (not isinstance(ts, datetime) or ts.tzinfo is None):
                 raise InvalidCommand(f"{name}: must be a tz-aware datetime, got {ts!r} (command {command_id})")
+        if granted is not None and (isinstance(granted, bool) or not isinstance(granted, (int, float))
+                                    or granted != granted):
+            raise InvalidCommand(f"granted: must be a number or None, got {granted!r} (command {command_id})")
         return tuple.__new__(cls, (command_id, asset_id, command_type, value, scheduled_time, status, attempts,
-                                   priority, expires_at, created_at, last_error, source))
+                                   priority, expires_at, created_at, last_error, source, granted))
 
     @property
     def channel(self) -> tuple[str, CommandType]:
@@ -156,10 +163,16 @@ class Command(_CommandFields):
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @property
+    def setpoint(self) -> float:
+        """What the device is told: the granted value when the policy stage limited it, else ``value``."""
+        return self.value if self.granted is None else self.granted
+
     def evolve(self, status: CommandStatus | None = None, **changes: Any) -> "Command":
         """A copy with ``status`` (checked against the lifecycle) and other fields changed.
 
-        Only ``status``, ``attempts``, ``last_error``, ``priority``, ``expires_at`` and ``created_at`` may change: the
+        Only ``status``, ``attempts``, ``last_error``, ``priority``, ``expires_at``, ``created_at`` and ``granted`` may
+        change: the
         identity of a command (id, asset, type, value, time) never does. This is the dispatcher's hot
         path, so it copies slots directly instead of re-running the constructor's validation.
         """
@@ -189,7 +202,7 @@ class Command(_CommandFields):
             "attempts": self.attempts, "priority": self.priority,
             "exp": self.expires_at.timestamp() if self.expires_at else None,
             "created": self.created_at.timestamp() if self.created_at else None,
-            "err": self.last_error, "src": self.source,
+            "err": self.last_error, "src": self.source, **({"g": self.granted} if self.granted is not None else {}),
         }
 
     @classmethod
@@ -201,11 +214,11 @@ class Command(_CommandFields):
             attempts=rec["attempts"], priority=rec["priority"],
             expires_at=to_datetime(rec["exp"]) if rec.get("exp") is not None else None,
             created_at=to_datetime(rec["created"]) if rec.get("created") is not None else None,
-            last_error=rec.get("err"), source=rec.get("src", "api"),
+            last_error=rec.get("err"), source=rec.get("src", "api"), granted=rec.get("g"),
         )
 
 
 _EVOLVABLE = {name: _CommandFields._fields.index(name)
-              for name in ("status", "attempts", "last_error", "priority", "expires_at", "created_at")}
+              for name in ("status", "attempts", "last_error", "priority", "expires_at", "created_at", "granted")}
 #: Enum member -> value; ``.value`` is a slow property on CPython 3.11 and records are a hot path.
 _VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m in e}

@@ -4,6 +4,8 @@
 
     CoordinatorError
     ├── ConfigurationError (ValueError)    a spec, policy or option is invalid; names the field and the value
+    │   └── ConfigFileError                a site or scenario file with problems: one line each, all at once
+    │       └── ScenarioError              a scenario file that cannot be run
     ├── CommandError (ValueError)
     │   ├── InvalidCommand                 a command field is invalid (names the field and the command)
     │   ├── InvalidCommandTransition       a status change the lifecycle does not allow
@@ -16,7 +18,6 @@
     │   ├── SiteNotRunning (RuntimeError)  the site is not started, or stopped
     │   │   └── SiteFailed                 the dispatcher or event actor died (names it and the cause)
     │   └── UnknownAsset (KeyError)        a command or schedule names an asset the site does not have
-    ├── ScenarioError (ValueError)         a scenario file that cannot be run
     └── DeviceError                        a device, its link or its description is at fault
         ├── ChargerNotConnected            an OCPP charge point has no open connection
         ├── RegisterMapError (ValueError)  a Modbus register map is invalid, or a device answered outside it
@@ -33,10 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "CoordinatorError", "ConfigurationError", "CommandError", "InvalidCommand", "InvalidCommandTransition",
-    "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError", "JournalCorrupt", "SiteError",
-    "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError", "DeviceError", "ChargerNotConnected", "RegisterMapError",
-    "SimNotConnected",
+    "CoordinatorError", "ConfigurationError", "ConfigFileError", "CommandError", "InvalidCommand",
+    "InvalidCommandTransition", "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError",
+    "JournalCorrupt", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError",
+    "DeviceError", "ChargerNotConnected", "RegisterMapError", "SimNotConnected",
 ]
 
 
@@ -46,6 +47,17 @@ class CoordinatorError(Exception):
 
 class ConfigurationError(CoordinatorError, ValueError):
     """A spec, policy or option is invalid. The message names the field and the value given."""
+
+
+class ConfigFileError(ConfigurationError):
+    """A configuration file that cannot be used. ``problems`` has one line per problem (all of them,
+    not just the first), each naming the key path, the value given and what was expected; ``str()``
+    is every line prefixed by the file's path."""
+
+    def __init__(self, path: str, problems: Any) -> None:
+        self.path = str(path)
+        self.problems = [str(p) for p in problems]
+        super().__init__("\n".join(f"{self.path}: {p}" for p in self.problems))
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -122,8 +134,8 @@ class UnknownAsset(SiteError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ScenarioError(CoordinatorError, ValueError):
-    """A scenario file that cannot be run (names the file, the field and the value)."""
+class ScenarioError(ConfigFileError):
+    """A scenario file that cannot be run (each problem names the file, the key and the value)."""
 
 
 # ---- devices -----------------------------------------------------------------------------------
