@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "new_command_id": "runtime.core.commands",
     "CommandBatch": "runtime.core.batch", "schedule_to_commands": "runtime.core.schedule",
     "Change": "runtime.core.command_table", "CommandTable": "runtime.core.command_table",
-    "RetryPolicy": "runtime.core.retry", "Journal": "runtime.core.journal",
+    "RetryPolicy": "runtime.core.retry", "Journal": "runtime.core.journal", "GridLimit": "runtime.core.grid",
     "Event": "runtime.core.events", "EventBus": "runtime.core.events", "EventType": "runtime.core.events",
     "BatteryState": "runtime.core.statemachine", "EVChargerState": "runtime.core.statemachine",
     "StateMachine": "runtime.core.statemachine", "Transition": "runtime.core.statemachine",
@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
                               ScheduleError, SimNotConnected, SiteError, SiteFailed, SiteNotRunning,
                               UnknownAsset, UnsupportedCommand)
     from .core.events import Event, EventBus, EventType  # noqa: F401
+    from .core.grid import GridLimit  # noqa: F401
     from .core.journal import Journal  # noqa: F401
     from .core.retry import RetryPolicy  # noqa: F401
     from .core.schedule import schedule_to_commands  # noqa: F401

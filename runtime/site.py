@@ -51,6 +51,7 @@ from .core.command_table import CommandTable
 from .core.commands import FINAL_STATUSES, Command, CommandStatus
 from .core.errors import ConfigurationError, SiteFailed, SiteNotRunning, UnknownAsset
 from .core.events import Event, EventType
+from .core.grid import GridLimit
 from .core.iothread import IOThread
 from .core.journal import Journal
 from .core.policy import DispatchPolicy
@@ -125,13 +126,21 @@ class Site:
     ocpp:
         Keyword arguments for the OCPP :class:`~protocols.ocpp.central_system.CentralSystem` (host,
         port, allow_ids, basic_auth, ...). It is started when given, or when any asset uses an OCPP link.
+    grid, priorities:
+        The site's grid connection (:class:`~runtime.core.grid.GridLimit`): the sum of what the assets are
+        told to draw (feed) never exceeds its import (export) limit; setpoints are scaled down by its
+        policy, using ``priorities`` (asset id -> int, higher first) for the "priority" policy.
+    rng_seed:
+        Seeds the jitter of retry delays, so that a run on a virtual clock repeats exactly (scenarios).
     """
 
     def __init__(self, assets: Iterable[AssetSpec], *, clock: Clock | None = None,
                  journal_dir: str | os.PathLike[str] | None = None, fsync: str = "batch",
                  retry: RetryPolicy | None = None, ack_timeout_s: float = 10.0,
                  completion_timeout_s: float = 60.0, restart_policy: RestartPolicy | None = None,
-                 ocpp: Mapping[str, Any] | None = None, retention_s: float = 3600.0) -> None:
+                 ocpp: Mapping[str, Any] | None = None, retention_s: float = 3600.0,
+                 grid: GridLimit | None = None, priorities: Mapping[str, int] | None = None,
+                 rng_seed: int | None = None) -> None:
         specs = list(assets)
         seen: set[str] = set()
         for spec in specs:
@@ -155,6 +164,14 @@ class Site:
         self._restart_policy = restart_policy or RestartPolicy()
         self._ocpp_config = dict(ocpp) if ocpp is not None else None
         self._retention_s = retention_s
+        if grid is not None and not isinstance(grid, GridLimit):
+            raise ConfigurationError(f"grid: must be a GridLimit, got {grid!r}")
+        self._grid = grid if grid is not None and grid.active else None
+        self._priorities = dict(priorities or {})
+        unknown = sorted(set(self._priorities) - self._specs.keys())
+        if unknown:
+            raise ConfigurationError(f"priorities: unknown asset(s) {', '.join(map(repr, unknown))}")
+        self._rng_seed = rng_seed
         self._io: IOThread | None = None
         self._services: dict[str, Any] = {}
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
@@ -190,7 +207,7 @@ class Site:
             event_journal = Journal(self._journal_dir / "events.jnl", fsync=self._fsync)
         self._refs["events"] = EventActor.start(event_journal,
                                                 on_failure=lambda reason: self._core_failed("events", reason))
-        table = CommandTable(retry=self._retry, ack_timeout_s=2 * self._ack_timeout_s,
+        table = CommandTable(retry=self._retry, ack_timeout_s=2 * self._ack_timeout_s, rng_seed=self._rng_seed,
                              completion_timeout_s=self._completion_timeout_s)
         for spec in self._specs.values():
             if spec.ack_timeout_s is not None:
