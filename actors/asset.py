@@ -162,7 +162,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                 log.exception("%s: stopping the device link failed", self.spec.asset_id)
 
     # ---- messages ------------------------------------------------------------------------------
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if type(message) is not Ping:  # pings do not count: they measure the actor's quiescence
             self._handled += 1
         return self.handle(message)

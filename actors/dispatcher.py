@@ -112,7 +112,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._pump_after = True    # whether the current step ends with a pump
 
     # ---- step --------------------------------------------------------------------------------
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         """One message = one step (in the actor's thread): apply it, pump what fell due, commit at the
         end of the burst (a submission: at once, so that "accepted" means journaled)."""
         kind = type(message)

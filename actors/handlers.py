@@ -10,14 +10,21 @@
 message type to method. ``on_receive`` (in the actor's own thread, like every pykka hook) looks the
 message's exact type up and calls the method; a message nobody handles raises TypeError naming the
 actor and the message, which pykka turns into the actor's failure. An actor that needs to do something
-around every message (count it, commit after it) overrides ``on_receive`` and calls :meth:`handle`.
+around every message (count it, commit after it) overrides :meth:`HandlerTable.receive` and calls
+:meth:`HandlerTable.handle`.
+
+A :class:`Request` wraps any message with a ``reply`` callable: the actor handles the message as usual
+and then calls ``reply(result, None)`` (or ``reply(None, exception)``) in its own thread. This is how
+code on the asyncio loop asks an actor without blocking: ``reply`` hands the answer back to the loop
+(``loop.call_soon_threadsafe``), so no thread waits (see :meth:`runtime.site.Site.ask_async`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
-__all__ = ["handles", "HandlerTable"]
+__all__ = ["handles", "HandlerTable", "Request"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +38,13 @@ def handles(*message_types: type) -> Callable[[F], F]:
         fn._handles = message_types  # type: ignore[attr-defined]
         return fn
     return mark
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """``message``, answered through ``reply(result, error)`` instead of a pykka future (see the module docstring)."""
+    message: Any
+    reply: Callable[[Any, BaseException | None], None]
 
 
 class HandlerTable:
@@ -54,5 +68,17 @@ class HandlerTable:
             raise TypeError(f"{type(self).__name__}: unexpected message {message!r}")
         return handler(self, message)
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
+        """One message (override to wrap every message; the default calls :meth:`handle`)."""
         return self.handle(message)
+
+    def on_receive(self, message: Any) -> Any:
+        if type(message) is not Request:
+            return self.receive(message)
+        try:
+            result = self.receive(message.message)
+        except Exception as exc:  # the asker gets the error; the actor carries on, as with an ask
+            message.reply(None, exc)
+            return None
+        message.reply(result, None)
+        return None

@@ -88,7 +88,7 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
         self._status[asset_id] = "running"
         self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
 
-    def on_receive(self, message: Any) -> Any:
+    def receive(self, message: Any) -> Any:
         if type(message) not in (Ping, GetAssetRef, GetStatus):  # queries do not count towards quiescence
             self._handled += 1
         return self.handle(message)

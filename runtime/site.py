@@ -24,6 +24,8 @@ stops it cleanly (a plain ``with Site(...)`` block is killed by SIGTERM without 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -38,6 +40,7 @@ import pykka
 
 from actors.dispatcher import DispatcherActor
 from actors.event_actor import EventActor
+from actors.handlers import Request
 from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, ListCommands, Ping,
                              Publish, SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
@@ -334,6 +337,38 @@ class Site:
             raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
         return ref
 
+    def ask_async(self, target: "str | pykka.ActorRef[Any]", message: Any) -> "asyncio.Future[Any]":
+        """Ask an actor from code running on an asyncio loop, without blocking the loop: returns a future
+        of the running loop that gets the actor's answer (or its exception).
+
+        ``target`` is "dispatcher", "supervisor", "events" or an actor ref (an asset actor's, from the
+        supervisor). The actor answers through a :class:`~actors.handlers.Request`; no thread waits for
+        it. Await it with a timeout (``asyncio.timeout``): an actor that dies before answering leaves it
+        pending."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def reply(result: Any, error: BaseException | None) -> None:  # in the actor's thread
+            def settle() -> None:
+                if future.done():
+                    return
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+                pass
+
+        try:
+            ref = self._require(target) if isinstance(target, str) else target
+            ref.tell(Request(message, reply))
+        except (pykka.ActorDeadError, SiteNotRunning) as exc:
+            future.set_exception(exc if isinstance(exc, SiteNotRunning) else
+                                 SiteNotRunning(f"the actor to ask is not running ({exc})"))
+        return future
+
     def run_forever(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
         """Run the site until one of ``signals`` arrives, then stop it; returns that signal's number.
 
@@ -368,7 +403,8 @@ class Site:
         return received[0]
 
     # ---- commands -------------------------------------------------------------------------------
-    def _check_assets(self, asset_ids: Iterable[str], what: str) -> None:
+    def check_assets(self, asset_ids: Iterable[str], what: str) -> None:
+        """Raise :class:`UnknownAsset` (naming ``what`` and the ids) for ids this site does not have."""
         unknown = sorted(set(asset_ids) - self._specs.keys())
         if unknown:
             raise UnknownAsset(f"{what}: unknown asset(s) {', '.join(map(repr, unknown))}; this site has "
@@ -388,7 +424,7 @@ class Site:
         unknown = {getattr(c, "asset_id", None) for c in commands} - self._specs.keys() - {None}
         if unknown:
             first = next(c for c in commands if c.asset_id in unknown)
-            self._check_assets(unknown, f"command {first.command_id}")
+            self.check_assets(unknown, f"command {first.command_id}")
         return self._require("dispatcher").ask(SubmitCommands(commands), timeout=ASK_TIMEOUT_S)
 
     def submit_schedule(self, schedule: pd.DataFrame, asset_map: Mapping[str, str] | None = None, *,
@@ -400,7 +436,7 @@ class Site:
         a no-op, live and after a restart, so a retried submission is safe."""
         batch = schedule_to_commands(schedule, asset_map, created_at=self.clock.time(), priority=priority,
                                      batch_id=batch_id)
-        self._check_assets(batch.assets, "schedule")
+        self.check_assets(batch.assets, "schedule")
         self._require("dispatcher").ask(SubmitBatch(batch, replace=replace), timeout=ASK_TIMEOUT_S)
         return batch
 
@@ -423,7 +459,7 @@ class Site:
 
     def device(self, asset_id: str) -> DeviceLink:
         """The device link of an asset (an :class:`InMemoryDevice` unless the spec gave one)."""
-        self._check_assets([asset_id], "device")
+        self.check_assets([asset_id], "device")
         return self._links[asset_id]
 
     def asset_state(self, asset_id: str) -> str:
@@ -435,7 +471,7 @@ class Site:
     def asset_status(self, asset_id: str) -> AssetStatus:
         """What the site knows about an asset: state, the device's own last state, link state, health
         and supervision (see :class:`~runtime.core.assets.AssetStatus`)."""
-        self._check_assets([asset_id], "asset_status")
+        self.check_assets([asset_id], "asset_status")
         supervisor = self._require("supervisor")
         ref = supervisor.ask(GetAssetRef(asset_id), timeout=ASK_TIMEOUT_S)
         supervision = supervisor.ask(GetStatus(), timeout=ASK_TIMEOUT_S).get(asset_id, "unavailable")
@@ -451,6 +487,20 @@ class Site:
     def supervision(self) -> dict[str, str]:
         """{asset_id: "running" | "restarting" | "unavailable"}."""
         return self._require("supervisor").ask(GetStatus(), timeout=ASK_TIMEOUT_S)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop of the site's I/O thread (every socket lives there). Run a coroutine on it
+        with :meth:`run_coroutine`; never block it."""
+        if self._io is None:
+            raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
+        return self._io.loop
+
+    def run_coroutine(self, coro: Any) -> "concurrent.futures.Future[Any]":
+        """Start ``coro`` on the site's I/O loop (from any thread); returns a concurrent future of its result."""
+        if self._io is None:
+            raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
+        return self._io.submit(coro)
 
     def service(self, name: str) -> Any:
         """A protocol service of the running site, e.g. ``site.service("ocpp")`` (the central system)."""

@@ -3,12 +3,14 @@
     coordinator demo                      a simulated site dispatching a schedule (virtual clock)
     coordinator scenario FILE [--json]    run a scenario file (TOML + CSV schedule) and report
     coordinator bench [--quick]           print performance figures
+    coordinator run site.toml [--simulate]   the site as a process, until SIGTERM/SIGINT
+    coordinator check site.toml [--connect]  validate a site file (and probe its devices)
     coordinator sim ocpp --count N --url ws://127.0.0.1:9000[/path]
     coordinator sim battery --port 5020 [--count N]
     coordinator --version                 coordinator <version of the installed package>
 
-Each subcommand module (:mod:`.demo`, :mod:`.scenario`, :mod:`.bench`, :mod:`.sim_ocpp`,
-:mod:`.sim_battery`) has ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code: 0 done,
+Each subcommand module (:mod:`.demo`, :mod:`.scenario`, :mod:`.bench`, :mod:`.run`, :mod:`.check`,
+:mod:`.sim_ocpp`, :mod:`.sim_battery`) has ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code: 0 done,
 1 a check or run failed, 2 bad input: argparse's usage error or one line on stderr, never a traceback);
 option value types they share are in :mod:`.argtypes`. Modules are imported only when their subcommand
 runs. The ``--help`` texts are plain (``DESCRIPTION``, ``EPILOG`` and each command's help), not this
@@ -35,6 +37,8 @@ EPILOG = """examples:
   coordinator demo                      a simulated site dispatching a schedule (virtual clock)
   coordinator scenario FILE [--json]    run a scenario file (TOML + CSV schedule) and report
   coordinator bench [--quick]           print performance figures
+  coordinator run scenarios/site.toml --simulate    a live site with simulated devices
+  coordinator check site.toml --connect              validate a site file and probe its devices
   coordinator sim ocpp --count 10 --url ws://127.0.0.1:9000
   coordinator sim battery --port 5020 --count 2
 
@@ -47,6 +51,8 @@ _COMMANDS = {
     "demo": ("demo", "run a simulated site dispatching a schedule, printing each command's lifecycle"),
     "scenario": ("scenario", "run a scenario file (simulated site, virtual clock) and report"),
     "bench": ("bench", "measure and print performance figures"),
+    "run": ("run", "run a configured site as a long-running process (until SIGTERM/SIGINT)"),
+    "check": ("check", "validate a site configuration file; --connect also probes each device"),
 }
 _SIM_KINDS = {
     "ocpp": ("sim_ocpp", "OCPP charge point simulators (client side)"),

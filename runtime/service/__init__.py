@@ -1,9 +1,13 @@
-"""The site as a long-running process (reserved; the site-process issue fills it).
+"""The site as a long-running process: ``coordinator run site.toml`` and ``coordinator check site.toml``.
 
-``coordinator run site.toml`` will live here: a site configuration file validated on load (assets,
-device connections, the OCPP server, journal, retry and timeout policy, the site grid limit, metrics
-and HTTP API addresses, schedule sources, the cloud link), ``coordinator check`` to validate it
-without starting anything, a site started on a real clock against the configured devices, metrics,
-and clean shutdown on SIGTERM/SIGINT. It composes a :class:`~runtime.site.Site`; nothing below
-imports it.
+* :mod:`.process`: :class:`SiteProcess`: the configured site on the real clock, its components, signals
+  and the bounded graceful shutdown;
+* :mod:`.simulate`: ``--simulate``: every configured device as a simulator in the same process;
+* :mod:`.check`: validation and the ``--connect`` device probe;
+* :mod:`.gateway`: the site asked from the asyncio loop, without blocking it;
+* :mod:`.http_api`, :mod:`.metrics`: the local HTTP API, Prometheus metrics, /healthz and /readyz;
+* :mod:`.folder`: the watched folder of schedule files;
+* :mod:`.logs`: text or JSON log lines.
+
+It composes a :class:`~runtime.site.Site` from :mod:`runtime.config`; nothing below imports it.
 """
