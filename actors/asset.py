@@ -28,12 +28,13 @@ from runtime.core.assets import AssetSpec, AssetStatus
 from runtime.core.clock import Clock
 from runtime.core.commands import Command, CommandStatus, CommandType
 from runtime.core.events import Event, EventType
+from runtime.core.grid import NOT_SHARING_STATES
 from runtime.core.iothread import IOOperation, IOThread
 from runtime.core.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
 
 from .handlers import HandlerTable, handles
-from .messages import (AssetHealth, AssetMemory, CommandReport, CommandReports, Crashed, DeviceDone, DeviceReport,
-                       Execute, GetAssetState, LinkStarted, Ping, Pong, Publish)
+from .messages import (AssetHealth, AssetMemory, AssetRebooted, CommandReport, CommandReports, Crashed, DeviceDone,
+                       DeviceReport, Execute, GetAssetState, LinkStarted, Ping, Pong, Publish)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
     def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any],
                  services: dict[str, Any] | None = None, memory: "AssetMemory | None" = None,
-                 ack_timeout_s: float = 10.0) -> None:
+                 ack_timeout_s: float = 10.0, grid_channels: frozenset[CommandType] = frozenset()) -> None:
         super().__init__()
         self.spec = spec
         self.link = link
@@ -110,7 +111,10 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._early: dict[str, CommandProgress] = {}
         self._link_up = False
         self._link_ever_up = False
-        self._healthy_reported: bool | None = None
+        self._healthy_reported: tuple[bool, bool] | None = None   # (healthy, sharing its grid share)
+        #: Setpoint channels the site's grid limit manages: after a reboot the dispatcher re-sends them
+        #: (through its policy stage), not this actor.
+        self._grid_channels = grid_channels
         self._handled = 0
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
         self.sm = factory(spec.asset_id, on_change=self._on_state_change)
@@ -281,9 +285,12 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._set_link(True, event.reason)
         resend: tuple[Command, ...] = ()
         if event.rebooted:
-            # a channel with a newer command already on its way to the device gets that one instead
-            busy = {c.command_type for c in (*self._sent.values(), *self._awaiting.values())}
+            # a channel with a newer command already on its way to the device gets that one instead, and
+            # the grid's channels are re-sent by the dispatcher (their grant may have changed meanwhile)
+            busy = {c.command_type for c in (*self._sent.values(), *self._awaiting.values())} | self._grid_channels
             resend = tuple(c for c in self._targets.values() if c.command_type not in busy)
+            if self._grid_channels:
+                self._dispatcher.tell(AssetRebooted(self.spec.asset_id))
             if resend:
                 self._run(resend, resend=True)
         self._publish(EventType.ASSET_CONNECTED, {"asset_id": self.spec.asset_id, "rebooted": event.rebooted,
@@ -366,9 +373,13 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._report_health(reason)
 
     def _report_health(self, reason: str = "") -> None:
+        """Tell the dispatcher when the asset's health changes, or (under a grid limit) whether it uses
+        its share (a FINISHING charger does not)."""
         healthy = self._healthy
-        if healthy != self._healthy_reported:
-            self._healthy_reported = healthy
+        sharing = healthy and self.sm.state.name not in NOT_SHARING_STATES
+        reported = (healthy, sharing if self._grid_channels else healthy)
+        if reported != self._healthy_reported:
+            self._healthy_reported = reported
             self._dispatcher.tell(AssetHealth(self.spec.asset_id, healthy, self.sm.state.name,
                                               reason if not healthy else ""))
 

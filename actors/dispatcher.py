@@ -40,8 +40,8 @@ from runtime.core.events import Event, EventType
 from runtime.core.policy import DispatchPolicy
 
 from .handlers import HandlerTable, handles
-from .messages import (AssetDown, AssetHealth, AssetUp, CommandReports, Execute, GetCommand, GetCounts,
-                       ListCommands, Ping, Pong, Publish, SubmitBatch, SubmitCommands, Tick)
+from .messages import (AssetDown, AssetHealth, AssetRebooted, AssetUp, CommandReports, Execute, GetCommand,
+                       GetCounts, ListCommands, Ping, Pong, Publish, SubmitBatch, SubmitCommands, Tick)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def change_event(change: Change, now: Any) -> Event | None:
                "attempts": c.attempts, "error": c.last_error}
     if change.retry_at is not None:
         payload["retry_at"] = change.retry_at
+    if c.granted is not None:
+        payload["granted"] = c.granted
     return Event(event_type, now, payload)
 
 
@@ -94,6 +96,8 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._burst_steps = 0
         self._burst_started = time.monotonic()
         self._events_after_commit: list[Event] = []  # published after the step's records are journaled
+        self._regrants = 0   # grid regrant commands made by this actor (part of their ids)
+        self._grid_seen = 0
         self._clock = clock
         self._events = events
         self._journal = journal
@@ -122,10 +126,13 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             return self.handle(message)
         self._handled += 1
         self._now = self._clock.time()
+        grid = self._policy.grid if self._policy is not None else None
         self._pump_after = True
         result = self.handle(message)
+        if grid is not None:
+            self._pump_after = True  # any answer may free room or move a share: review again
         if self._pump_after:
-            self._changes += self._pump(self._now)
+            self._pump(self._now)
         if kind in _SUBMISSIONS:
             self._flush()  # accepted means journaled: the caller's ask returns after the sync
         else:
@@ -199,6 +206,8 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     @handles(AssetHealth)
     def _asset_health(self, message: AssetHealth) -> None:
         self._healthy[message.asset_id] = message.healthy
+        if self._policy is not None and self._policy.grid is not None:
+            self._policy.grid.set_sharing(message.asset_id, message.healthy, message.state)
         self._reported.add(message.asset_id)
         self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
         self._check_ready()
@@ -216,8 +225,16 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._refs.pop(message.asset_id, None)
         self._healthy[message.asset_id] = False  # its successor reports afresh
         self._reported.discard(message.asset_id)
+        if self._policy is not None and self._policy.grid is not None:
+            self._policy.grid.set_sharing(message.asset_id, False, "UNAVAILABLE")
         self._changes += self._table.hold_in_flight(message.asset_id, message.reason, self._now)
         self._changes += self._table.set_available(message.asset_id, False, self._now)
+
+    @handles(AssetRebooted)
+    def _asset_rebooted(self, message: AssetRebooted) -> None:
+        """The device lost its setpoints: the grid re-sends them, reviewed like every other command."""
+        if self._policy is not None and self._policy.grid is not None:
+            self._policy.grid.rebooted(message.asset_id)
 
     @handles(Tick)
     def _tick(self, message: Tick) -> None:
@@ -248,6 +265,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         if self._changes or self._records or self._events_after_commit:
             self._commit(self._changes, self._records)
             self._changes, self._records = [], []
+            self._grid_seen = 0
         now = self._clock.time()
         if now - self._pruned_at >= min(60.0, self._retention_s):  # memory stays bounded on a long run
             self._pruned_at = now
@@ -257,6 +275,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             if self._changes:  # commands held because their actor died meanwhile
                 self._commit(self._changes, [])
                 self._changes = []
+                self._grid_seen = 0
         self._arm_timer()
 
     def _available(self, asset_id: str) -> bool:
@@ -282,19 +301,64 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             return t.hold(cid, report.reason or "asset not healthy", now)
         return t.fail(cid, report.reason or "device failure", now, retryable=report.retryable)
 
-    def _pump(self, now: float) -> list[Change]:
-        """Sweep, then mark every due command DISPATCHED and queue it for its asset (one Execute per
-        asset). The Execute messages go out in :meth:`_flush`, after the journal has the change."""
-        changes = self._table.sweep(now)
-        for command in self._table.due(now):
-            reason = self._policy.refusal(command) if self._policy is not None else None
-            if reason is not None:
-                changes += self._table.reject(command.command_id, reason, now)
-                continue
-            change = self._table.mark_dispatched(command.command_id, now)
-            changes.append(change)
-            self._outbox.setdefault(command.asset_id, []).append(change.command)
-        return changes
+    def _pump(self, now: float) -> None:
+        """Sweep, then review every due command and mark the ones that may go DISPATCHED, queued for their
+        asset (one Execute per asset). The Execute messages go out in :meth:`_flush`, after the journal
+        has the change. With a grid limit, decreases are reviewed before increases, an increase may wait
+        for room, and the grid's regrants (new grants for assets whose share moved) join the due commands."""
+        table, policy, changes = self._table, self._policy, self._changes
+        grid = policy.grid if policy is not None else None
+        changes += table.sweep(now)
+        for _ in range(4):  # regrants made by one round of reviews are reviewed in the next (bounded)
+            if grid is not None:
+                self._observe_grid(grid)
+                regrants = grid.regrants({(c.asset_id, c.command_type) for c in table.due(now)})
+                if regrants:
+                    changes += table.add([self._regrant(r, now) for r in regrants], now)
+                    changes += table.sweep(now)
+                    self._observe_grid(grid)
+            due = table.due(now)
+            if grid is not None:
+                due = grid.order(due)
+            for command in due:
+                reason = policy.refusal(command) if policy is not None else None
+                if reason is not None:
+                    changes += table.reject(command.command_id, reason, now)
+                    continue
+                granted = None
+                if grid is not None and grid.applies_to(command):
+                    self._observe_grid(grid)
+                    review = grid.review(command, now)
+                    if review.action == "wait":
+                        continue
+                    granted = review.granted
+                    if review.limited:
+                        self._events_after_commit.append(Event(EventType.GRID_LIMITED, self._clock.now(), {
+                            "asset_id": command.asset_id, "command_id": command.command_id,
+                            "command_type": _VALUE[command.command_type], "requested_kw": command.value,
+                            "granted_kw": granted, "limit_kw": review.limit_kw, "policy": grid.limit.policy}))
+                change = table.mark_dispatched(command.command_id, now, granted=granted)
+                changes.append(change)
+                self._outbox.setdefault(command.asset_id, []).append(change.command)
+            if grid is None:
+                break
+            self._observe_grid(grid)
+            if not grid.regrant_pending:
+                break
+        if grid is not None and grid.waiting:
+            self._pump_after = True  # commands wait for room: review them again after the next message
+
+    def _observe_grid(self, grid: Any) -> None:
+        """Show the grid's books every change since it last looked (once each, in order)."""
+        if self._grid_seen < len(self._changes):
+            grid.observe(self._changes[self._grid_seen:])
+            self._grid_seen = len(self._changes)
+
+    def _regrant(self, regrant: Any, now: float) -> Command:
+        self._regrants += 1
+        return Command(f"grid-{regrant.asset_id}-{int(now * 1000)}-{self._regrants}", regrant.asset_id,
+                       regrant.command_type, regrant.value, self._clock.now(), source="grid",
+                       granted=regrant.granted, priority=100)
 
     def _send(self) -> None:
         outbox, self._outbox = self._outbox, {}

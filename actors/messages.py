@@ -24,7 +24,7 @@ __all__ = [
     "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",
     "AssetDown", "AssetHealth", "GetCommand", "GetCounts", "Publish", "Subscribe", "Unsubscribe", "Deliver",
     "Ping", "Pong", "DeviceDone", "DeviceReport", "Crashed", "Restart", "GetAssetState", "GetStatus",
-    "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted",
+    "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted", "AssetRebooted",
 ]
 
 
@@ -94,6 +94,13 @@ class AssetHealth:
     healthy: bool
     state: str
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRebooted:
+    """The asset's device rebooted and lost its setpoints (asset actor -> dispatcher, when the grid limit
+    re-sends them through the policy stage instead of the asset actor)."""
+    asset_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
     def __init__(self, specs: list[AssetSpec], links: dict[str, DeviceLink], *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any],
                  policy: RestartPolicy = RestartPolicy(), services: dict[str, Any] | None = None,
-                 ack_timeout_s: float = 10.0) -> None:
+                 ack_timeout_s: float = 10.0, grid_channels: dict[str, frozenset[Any]] | None = None) -> None:
         super().__init__()
         self._specs = {s.asset_id: s for s in specs}
         self._links = links
@@ -67,6 +67,7 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
         self._policy = policy
         self._services = services or {}
         self._ack_timeout_s = ack_timeout_s
+        self._grid_channels = grid_channels or {}
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._crashes: dict[str, deque[float]] = {}
         self._restarts: dict[str, int] = {}
@@ -83,7 +84,8 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
         ref = AssetActor.start(self._specs[asset_id], self._links[asset_id], io=self._io, clock=self._clock,
                                dispatcher=self._dispatcher, events=self._events, supervisor=self.actor_ref,
                                services=self._services, memory=self._memory.pop(asset_id, None),
-                               ack_timeout_s=self._ack_timeout_s)
+                               ack_timeout_s=self._ack_timeout_s,
+                               grid_channels=self._grid_channels.get(asset_id, frozenset()))
         self._refs[asset_id] = ref
         self._status[asset_id] = "running"
         self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))

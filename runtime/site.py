@@ -219,14 +219,17 @@ class Site:
             self._restore(table, self._journal_dir / "commands.jnl")
             cmd_journal = Journal(self._journal_dir / "commands.jnl", fsync=self._fsync)
         ready: pykka.Future[None] = pykka.ThreadingFuture()
+        policy = DispatchPolicy(self._specs, self._grid, self._priorities)
+        self._policy = policy
         self._refs["dispatcher"] = DispatcherActor.start(
             table, clock=self.clock, events=self._refs["events"], journal=cmd_journal, retention_s=self._retention_s,
-            policy=DispatchPolicy(self._specs), expected_assets=tuple(self._specs), ready=ready,
+            policy=policy, expected_assets=tuple(self._specs), ready=ready,
             on_failure=lambda reason: self._core_failed("dispatcher", reason))
         self._refs["supervisor"] = SupervisorActor.start(
             list(self._specs.values()), self._links, io=self._io, clock=self.clock,
             dispatcher=self._refs["dispatcher"], events=self._refs["events"], policy=self._restart_policy,
-            services=self._services, ack_timeout_s=self._ack_timeout_s)
+            services=self._services, ack_timeout_s=self._ack_timeout_s,
+            grid_channels=policy.grid.channels_by_asset() if policy.grid is not None else None)
         # return only once the dispatcher knows every asset actor and every asset's health: a command
         # submitted right after start() is then sent to an asset that is up, never HELD first
         self._refs["supervisor"].ask(Ping(), timeout=ASK_TIMEOUT_S)

@@ -350,8 +350,9 @@ class CommandTable:
 
     # ------------------------------------------------------------------ command answers
 
-    def mark_dispatched(self, command_id: str, now: float) -> Change:
-        """PENDING -> DISPATCHED: attempts + 1, acknowledgement deadline armed.
+    def mark_dispatched(self, command_id: str, now: float, granted: float | None = None) -> Change:
+        """PENDING -> DISPATCHED: attempts + 1, acknowledgement deadline armed; ``granted`` (when given)
+        is what the policy stage allowed for this send.
 
         Raises KeyError for an unknown id and :class:`InvalidCommandTransition` when the command
         is not PENDING (HELD and final commands cannot be sent).
@@ -363,7 +364,10 @@ class CommandTable:
                                            f"it is {status}")
         e.retry_at = None
         e.dispatched_at = now
-        return self._apply(e, _S.DISPATCHED, EventType.COMMAND_DISPATCHED, now, attempts=e.command.attempts + 1)
+        if granted is None:
+            return self._apply(e, _S.DISPATCHED, EventType.COMMAND_DISPATCHED, now, attempts=e.command.attempts + 1)
+        return self._apply(e, _S.DISPATCHED, EventType.COMMAND_DISPATCHED, now, attempts=e.command.attempts + 1,
+                           granted=granted)
 
     def acknowledge(self, command_id: str, now: float) -> list[Change]:
         """DISPATCHED -> ACKNOWLEDGED, completion deadline armed. Ignored ([]) in any other status."""

@@ -42,6 +42,7 @@ class EventType(str, Enum):
     ASSET_RESTARTED = "ASSET_RESTARTED"
     ASSET_UNAVAILABLE = "ASSET_UNAVAILABLE"
     SITE_FAILED = "SITE_FAILED"
+    GRID_LIMITED = "GRID_LIMITED"
 
 
 #: The command lifecycle events (one per command transition).
