@@ -10,6 +10,7 @@ Parts (``--only NAME`` to run one), one module each:
 * ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors.
 * ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
                  in separate processes), ours against a bare ocpp/pymodbus script (:mod:`.fleet_bare`).
+* ``site``       (:mod:`.site`) ``coordinator run`` idling with 50 chargers and 4 batteries connected: CPU, RSS.
 
 This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
 runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
@@ -63,8 +64,16 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
         from .fleet import run_fleet_bench_part
         run_fleet_bench_part(out, quick)
 
+    def site() -> None:
+        from .site import TARGETS as SITE, bench_idle
+        r = bench_idle(n_chargers=n(10, 50), n_batteries=n(2, 4), seconds=n(5.0, 30.0))
+        print_figures(out, "site idle", r, [
+            (f"cpu < {SITE['idle_cpu_pct']:g} % of one core", r["cpu_pct"] < SITE["idle_cpu_pct"]),
+            (f"rss < {SITE['idle_rss_mb']:g} MB", r["rss_mb"] < SITE["idle_rss_mb"]),
+            ("stopped cleanly by SIGTERM (exit 0)", r["exit_code"] == 0)])
+
     parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
-                                            "fleet": fleet}
+                                            "fleet": fleet, "site": site}
     for name in only or list(parts):
         if name not in parts:
             print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)
