@@ -289,7 +289,7 @@ def assets_router() -> APIRouter:
         try:
             status = await ctx.gateway.asset_status(asset_id)
         except UnknownAsset:
-            known = ", ".join(map(repr, ctx.site.asset_ids))
+            known = ", ".join(map(repr, sorted(ctx.site.asset_ids)))
             raise ApiError(404, f"unknown asset {asset_id!r}; this site has {known}",
                            [{"field": "asset_id", "message": f"unknown asset {asset_id!r}", "value": asset_id}]
                            ) from None

@@ -3,9 +3,10 @@ of its own (never the process-global one, so two sites in one process, or a test
 
 Where each value comes from, and in which thread it is computed:
 
-* **events** (most metrics): :meth:`SiteMetrics.start` subscribes to every site event. The subscriber
-  runs in its own actor thread (see :class:`~runtime.site.SiteEvents`): a slow scrape never delays the
-  runtime, and the runtime never waits for the metrics. prometheus_client metrics are thread-safe;
+* **events** (most metrics): :meth:`SiteMetrics.start` subscribes to every site event (the ``Subscribe``
+  that :meth:`SiteEvents.subscribe` sends, asked through :meth:`Site.ask_async` so that the loop does not
+  wait). The subscriber runs in its own actor thread (see :class:`~runtime.site.SiteEvents`): a slow
+  scrape never delays the runtime, and the runtime never waits for the metrics. prometheus_client metrics are thread-safe;
   the little state the subscriber keeps (which commands are open, when each was first dispatched)
   is guarded by a lock.
 * **scrape time** (journal sizes, actor inbox depths, the site's state): read by a collector when the
