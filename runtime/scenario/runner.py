@@ -30,11 +30,13 @@ from typing import Any, Callable, Iterator, TextIO
 import pandas as pd
 
 from actors.asset import AssetCrash
-from runtime.config.build import asset_spec, retry_policy
+from runtime.config.models import BatteryConfig, ChargerConfig, RetryConfig
+from runtime.core.assets import AssetSpec, BatterySpec, ChargerSpec
 from runtime.core.clock import Clock, RealClock, VirtualClock
 from runtime.core.commands import Command
 from runtime.core.errors import ScenarioError
 from runtime.core.grid import GridLimit
+from runtime.core.retry import RetryPolicy
 from runtime.site import Site
 
 from .devices import make_devices, unsupported
@@ -68,6 +70,19 @@ def _quiet_injected_crashes() -> Iterator[None]:
         yield
     finally:
         pykka_log.removeFilter(quiet)
+
+
+def _spec(asset: ChargerConfig | BatteryConfig, link: Any) -> AssetSpec:
+    """The asset spec of a scenario asset (as runtime.config.build makes it, without importing every protocol)."""
+    if isinstance(asset, ChargerConfig):
+        return ChargerSpec(asset.id, max_kw=asset.max_kw, device=link, ack_timeout_s=asset.ack_timeout_s)
+    return BatterySpec(asset.id, max_charge_kw=asset.max_charge_kw, max_discharge_kw=asset.max_discharge_kw,
+                       capacity_kwh=asset.capacity_kwh, device=link, ack_timeout_s=asset.ack_timeout_s)
+
+
+def _retry(config: RetryConfig) -> RetryPolicy:
+    return RetryPolicy(max_attempts=config.max_attempts, base_delay_s=config.base_delay_s, factor=config.factor,
+                       max_delay_s=config.max_delay_s, jitter=config.jitter)
 
 
 def _check_devices(scenario: Scenario, devices: str) -> None:
@@ -141,11 +156,11 @@ class _Run:
     def _execute(self) -> tuple[list[Command | None], dict[str, str]]:
         s = self.scenario
         links = self.devices.links()
-        specs = [asset_spec(a, links.get(a.id)) for a in s.assets]
+        specs = [_spec(a, links.get(a.id)) for a in s.assets]
         grid = GridLimit(import_kw=s.grid.import_limit_kw, export_kw=s.grid.export_limit_kw, policy=s.grid.policy)
         site = Site(specs, clock=self.clock, journal_dir=self.journal_dir, fsync="never",
                     retention_s=float("inf"),  # the report covers every command
-                    retry=retry_policy(s.retry), ack_timeout_s=s.timeouts.ack_timeout_s,
+                    retry=_retry(s.retry), ack_timeout_s=s.timeouts.ack_timeout_s,
                     completion_timeout_s=s.timeouts.completion_timeout_s, grid=grid,
                     priorities={a.id: a.priority for a in s.assets}, rng_seed=self.seed,
                     **self.devices.site_options())
