@@ -34,7 +34,7 @@ from runtime.core.statemachine import BatteryState, StateMachine, battery_machin
 
 from .handlers import HandlerTable, handles
 from .messages import (AssetHealth, AssetMemory, AssetRebooted, CommandReport, CommandReports, Crashed, DeviceDone,
-                       DeviceReport, Execute, GetAssetState, LinkStarted, Ping, Pong, Publish)
+                       DeviceReport, Execute, GetAssetState, LinkStarted, Ping, Pong, Publish, SetParameter)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
     def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any],
                  services: dict[str, Any] | None = None, memory: "AssetMemory | None" = None,
-                 ack_timeout_s: float = 10.0, grid_channels: frozenset[CommandType] = frozenset()) -> None:
+                 ack_timeout_s: float = 10.0, grid_channels: frozenset[CommandType] = frozenset(),
+                 parameters: dict[str, float] | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.link = link
@@ -115,6 +116,9 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         #: Setpoint channels the site's grid limit manages: after a reboot the dispatcher re-sends them
         #: (through its policy stage), not this actor.
         self._grid_channels = grid_channels
+        #: Operating parameters (SetParameter): "min_soc" (%) refuses discharging below it.
+        self._parameters = dict(parameters or {})
+        self._soc: float | None = None   # the last state of charge the device reported (%)
         self._handled = 0
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
         self.sm = factory(spec.asset_id, on_change=self._on_state_change)
@@ -197,6 +201,22 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                            self.sm.state.name if self._link_ever_up else None, link, self._healthy,
                            "" if self._healthy else self._health_reason)
 
+    @handles(SetParameter)
+    def _set_parameter(self, message: SetParameter) -> None:
+        if message.value is None:
+            self._parameters.pop(message.name, None)
+        else:
+            self._parameters[message.name] = float(message.value)
+
+    def _refusal(self, command: Command) -> str | None:
+        """Why the asset refuses ``command`` now, beyond its static limits (a battery below its MinSoc)."""
+        min_soc = self._parameters.get("min_soc")
+        if (min_soc is not None and command.command_type is CommandType.SET_DISCHARGE_RATE and command.value > 0
+                and self._soc is not None and self._soc < min_soc):
+            return (f"asset {self.spec.asset_id}: state of charge {self._soc:g} % is below its MinSoc {min_soc:g} %: "
+                    f"no discharge")
+        return None
+
     @handles(LinkStarted)
     def _link_started(self, message: LinkStarted) -> None:
         if message.error is not None:
@@ -207,7 +227,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         reports: list[CommandReport] = []
         send: list[Command] = []
         for command in commands:
-            problem = self.spec.check(command)
+            problem = self.spec.check(command) or self._refusal(command)
             if problem is not None:
                 reports.append(CommandReport(command.command_id, CommandStatus.REJECTED, problem, retryable=False))
             elif not self._healthy:
@@ -343,6 +363,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                 continue
             values[str(key)] = value
         self._publish(EventType.TELEMETRY, {"asset_id": self.spec.asset_id, **values})
+        if "soc_pct" in values:
+            self._soc = values["soc_pct"]
         power = values.get("power_kw")
         if self.spec.kind != "battery" or power is None:
             return

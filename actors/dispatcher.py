@@ -41,7 +41,8 @@ from runtime.core.policy import DispatchPolicy
 
 from .handlers import HandlerTable, handles
 from .messages import (AssetDown, AssetHealth, AssetRebooted, AssetUp, CommandReports, Execute, GetCommand,
-                       GetCounts, ListCommands, Ping, Pong, Publish, SubmitBatch, SubmitCommands, Tick)
+                       GetControllers, GetCounts, ListCommands, Ping, Pong, Publish, SetController, SubmitBatch,
+                       SubmitCommands, Tick)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,9 @@ __all__ = ["DispatcherActor", "change_event"]
 #: Enum member -> its value (the ``.value`` property is slow on CPython 3.11's hot path)
 _VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m in e}
 #: Messages answered without a step (nothing changes); submissions are committed before they are answered.
-_QUERIES = frozenset({Ping, GetCommand, ListCommands, GetCounts})
+_QUERIES = frozenset({Ping, GetCommand, ListCommands, GetCounts, GetControllers})
+#: The site controllers (SetController): on unless switched off.
+CONTROLLERS = ("schedule", "grid_limit")
 _SUBMISSIONS = frozenset({SubmitCommands, SubmitBatch})
 #: A burst is committed after at most this many steps, or this many seconds of real time (see the module docstring).
 MAX_BURST_STEPS = 256
@@ -71,7 +74,7 @@ def change_event(change: Change, now: Any) -> Event | None:
     payload = {"command_id": c.command_id, "asset_id": c.asset_id, "command_type": _VALUE[c.command_type],
                "value": c.value, "status": _VALUE[c.status],
                "previous_status": _VALUE[previous] if previous is not None else None,
-               "attempts": c.attempts, "error": c.last_error}
+               "attempts": c.attempts, "error": c.last_error, "scheduled_time": c.scheduled_time.timestamp()}
     if change.retry_at is not None:
         payload["retry_at"] = change.retry_at
     if c.granted is not None:
@@ -98,6 +101,11 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._events_after_commit: list[Event] = []  # published after the step's records are journaled
         self._regrants = 0   # grid regrant commands made by this actor (part of their ids)
         self._grid_seen = 0
+        self._flight_seen = 0
+        #: per asset, the commands of its Execute still waiting for the device's answer (one Execute in
+        #: flight per asset: what is due meanwhile waits in the table, where priority orders it)
+        self._in_flight: dict[str, set[str]] = {}
+        self._controllers = dict.fromkeys(CONTROLLERS, True)
         self._clock = clock
         self._events = events
         self._journal = journal
@@ -129,8 +137,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         grid = self._policy.grid if self._policy is not None else None
         self._pump_after = True
         result = self.handle(message)
-        if grid is not None:
-            self._pump_after = True  # any answer may free room or move a share: review again
+        if self._follow_in_flight() or grid is not None:
+            self._pump_after = True  # an asset's Execute was answered (its next commands may go), or the
+            #                          grid may have room or a moved share: review again
         if self._pump_after:
             self._pump(self._now)
         if kind in _SUBMISSIONS:
@@ -162,6 +171,21 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     @handles(GetCounts)
     def _get_counts(self, message: GetCounts) -> dict[str, int]:
         return self._table.counts()
+
+    @handles(GetControllers)
+    def _get_controllers(self, message: GetControllers) -> dict[str, bool]:
+        return dict(self._controllers)
+
+    @handles(SetController)
+    def _set_controller(self, message: SetController) -> dict[str, bool]:
+        """Switch a controller: "schedule" off leaves due schedule rows waiting (superseded by newer ones as
+        usual), "grid_limit" off sends setpoints as requested (the grid's books still follow them)."""
+        if message.name not in self._controllers:
+            raise ValueError(f"controller: unknown controller {message.name!r}; this site has "
+                             f"{', '.join(self._controllers)}")
+        self._controllers[message.name] = bool(message.on)
+        log.info("controller %s switched %s", message.name, "on" if message.on else "off")
+        return dict(self._controllers)
 
     # ---- steps ---------------------------------------------------------------------------------
     @handles(SubmitCommands)
@@ -225,6 +249,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._refs.pop(message.asset_id, None)
         self._healthy[message.asset_id] = False  # its successor reports afresh
         self._reported.discard(message.asset_id)
+        self._in_flight.pop(message.asset_id, None)
         if self._policy is not None and self._policy.grid is not None:
             self._policy.grid.set_sharing(message.asset_id, False, "UNAVAILABLE")
         self._changes += self._table.hold_in_flight(message.asset_id, message.reason, self._now)
@@ -264,8 +289,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._burst_steps = 0
         if self._changes or self._records or self._events_after_commit:
             self._commit(self._changes, self._records)
+            self._follow_in_flight()
             self._changes, self._records = [], []
-            self._grid_seen = 0
+            self._grid_seen = self._flight_seen = 0
         now = self._clock.time()
         if now - self._pruned_at >= min(60.0, self._retention_s):  # memory stays bounded on a long run
             self._pruned_at = now
@@ -274,8 +300,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             self._send()
             if self._changes:  # commands held because their actor died meanwhile
                 self._commit(self._changes, [])
+                self._follow_in_flight()
                 self._changes = []
-                self._grid_seen = 0
+                self._grid_seen = self._flight_seen = 0
         self._arm_timer()
 
     def _available(self, asset_id: str) -> bool:
@@ -320,13 +347,21 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             due = table.due(now)
             if grid is not None:
                 due = grid.order(due)
+            self._follow_in_flight()
+            busy = {a for a, ids in self._in_flight.items() if ids}   # their Execute is still unanswered
             for command in due:
+                if command.asset_id in busy:
+                    continue
+                if command.source == "schedule" and not self._controllers["schedule"]:
+                    continue
                 reason = policy.refusal(command) if policy is not None else None
                 if reason is not None:
                     changes += table.reject(command.command_id, reason, now)
                     continue
                 granted = None
-                if grid is not None and grid.applies_to(command):
+                if grid is not None and grid.applies_to(command) and not self._controllers["grid_limit"]:
+                    granted = command.value   # enforcement off: as requested (the books still follow it)
+                elif grid is not None and grid.applies_to(command):
                     self._observe_grid(grid)
                     review = grid.review(command, now)
                     if review.action == "wait":
@@ -340,6 +375,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
                 change = table.mark_dispatched(command.command_id, now, granted=granted)
                 changes.append(change)
                 self._outbox.setdefault(command.asset_id, []).append(change.command)
+                self._in_flight.setdefault(command.asset_id, set()).add(command.command_id)
             if grid is None:
                 break
             self._observe_grid(grid)
@@ -347,6 +383,19 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
                 break
         if grid is not None and grid.waiting:
             self._pump_after = True  # commands wait for room: review them again after the next message
+
+    def _follow_in_flight(self) -> bool:
+        """Drop from each asset's in-flight set the commands that left DISPATCHED since the last look;
+        True when an asset's Execute is now fully answered."""
+        freed = False
+        for change in self._changes[self._flight_seen:]:
+            if change.previous is CommandStatus.DISPATCHED and change.command.status is not CommandStatus.DISPATCHED:
+                ids = self._in_flight.get(change.command.asset_id)
+                if ids:
+                    ids.discard(change.command.command_id)
+                    freed = freed or not ids
+        self._flight_seen = len(self._changes)
+        return freed
 
     def _observe_grid(self, grid: Any) -> None:
         """Show the grid's books every change since it last looked (once each, in order)."""
@@ -358,7 +407,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         self._regrants += 1
         return Command(f"grid-{regrant.asset_id}-{int(now * 1000)}-{self._regrants}", regrant.asset_id,
                        regrant.command_type, regrant.value, self._clock.now(), source="grid",
-                       granted=regrant.granted, priority=100)
+                       granted=regrant.granted)
 
     def _send(self) -> None:
         outbox, self._outbox = self._outbox, {}

@@ -24,7 +24,8 @@ __all__ = [
     "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",
     "AssetDown", "AssetHealth", "GetCommand", "GetCounts", "Publish", "Subscribe", "Unsubscribe", "Deliver",
     "Ping", "Pong", "DeviceDone", "DeviceReport", "Crashed", "Restart", "GetAssetState", "GetStatus",
-    "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted", "AssetRebooted",
+    "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted", "AssetRebooted", "SetController",
+    "GetControllers", "SetParameter",
 ]
 
 
@@ -61,6 +62,19 @@ class ListCommands:
 @dataclass(frozen=True, slots=True)
 class GetCounts:
     """Counts per status (ask)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetController:
+    """Switch a site controller on or off (ask: returns the controllers' states). ``name``: "schedule"
+    (follow the submitted schedules) or "grid_limit" (enforce the grid limit)."""
+    name: str
+    on: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GetControllers:
+    """Ask the dispatcher for {controller name: on}."""
 
 
 # ---- dispatcher <-> asset actor ----------------------------------------------------------------
@@ -107,6 +121,15 @@ class AssetRebooted:
 class LinkStarted:
     """The device link's start() finished (``error`` when it raised): the actor reports its health."""
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetParameter:
+    """Set (``value``) or clear (None) an operating parameter of an asset (supervisor -> asset actor; the
+    supervisor keeps it for a restarted actor). ``min_soc``: a battery refuses to discharge below it (%)."""
+    asset_id: str
+    name: str
+    value: float | None
 
 
 @dataclass(frozen=True, slots=True)

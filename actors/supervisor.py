@@ -26,7 +26,7 @@ from runtime.core.iothread import IOThread
 from .asset import AssetActor
 from .handlers import HandlerTable, handles
 from .messages import (AssetDown, AssetMemory, AssetUp, Crashed, GetAssetRef, GetStatus, Ping, Pong, Publish,
-                       Restart)
+                       Restart, SetParameter)
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
         self._services = services or {}
         self._ack_timeout_s = ack_timeout_s
         self._grid_channels = grid_channels or {}
+        self._parameters: dict[str, dict[str, float]] = {}   # asset -> parameters, for restarted actors too
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
         self._crashes: dict[str, deque[float]] = {}
         self._restarts: dict[str, int] = {}
@@ -85,7 +86,8 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
                                dispatcher=self._dispatcher, events=self._events, supervisor=self.actor_ref,
                                services=self._services, memory=self._memory.pop(asset_id, None),
                                ack_timeout_s=self._ack_timeout_s,
-                               grid_channels=self._grid_channels.get(asset_id, frozenset()))
+                               grid_channels=self._grid_channels.get(asset_id, frozenset()),
+                               parameters=self._parameters.get(asset_id))
         self._refs[asset_id] = ref
         self._status[asset_id] = "running"
         self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
@@ -106,6 +108,20 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
     @handles(GetStatus)
     def _get_status(self, message: GetStatus) -> dict[str, str]:
         return dict(self._status)
+
+    @handles(SetParameter)
+    def _set_parameter(self, message: SetParameter) -> None:
+        params = self._parameters.setdefault(message.asset_id, {})
+        if message.value is None:
+            params.pop(message.name, None)
+        else:
+            params[message.name] = float(message.value)
+        ref = self._refs.get(message.asset_id)
+        if ref is not None:
+            try:
+                ref.tell(message)
+            except pykka.ActorDeadError:
+                pass  # its successor gets the parameters when it starts
 
     @handles(Restart)
     def _restart(self, message: Restart) -> None:

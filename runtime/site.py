@@ -33,6 +33,7 @@ import signal
 import threading
 import time as _time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
@@ -41,8 +42,9 @@ import pykka
 from actors.dispatcher import DispatcherActor
 from actors.event_actor import EventActor
 from actors.handlers import Request
-from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, ListCommands, Ping,
-                             Publish, SubmitBatch, SubmitCommands, Subscribe, Unsubscribe)
+from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetStatus, ListCommands,
+                             Ping, Publish, SetController, SetParameter, SubmitBatch, SubmitCommands, Subscribe,
+                             Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
 from protocols.base import DeviceLink
 from protocols.memory import InMemoryDevice
@@ -183,6 +185,7 @@ class Site:
         self.events = SiteEvents(self)
         self._failure: str | None = None  # set (from the dying actor's thread) when a core actor dies
         self._wake = threading.Event()     # set when a core actor dies, or run_forever() gets its signal
+        self._ready = False
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Site":
@@ -233,8 +236,10 @@ class Site:
         # return only once the dispatcher knows every asset actor and every asset's health: a command
         # submitted right after start() is then sent to an asset that is up, never HELD first
         self._refs["supervisor"].ask(Ping(), timeout=ASK_TIMEOUT_S)
+        self._ready = False
         try:
             ready.get(timeout=ASK_TIMEOUT_S)
+            self._ready = True
         except pykka.Timeout:
             log.warning("site started, but not every asset reported its health within %g s (a device link whose "
                         "start() does not return); their commands are HELD until they do", ASK_TIMEOUT_S)
@@ -300,6 +305,27 @@ class Site:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    @property
+    def specs(self) -> Mapping[str, AssetSpec]:
+        """{asset_id: spec} of every asset (fixed for the site's lifetime)."""
+        return MappingProxyType(self._specs)
+
+    @property
+    def journal_dir(self) -> Path | None:
+        """Where the journal files are (None: no journal)."""
+        return self._journal_dir
+
+    @property
+    def ready(self) -> bool:
+        """True once every asset reported its health during :meth:`start` (False while starting, after a
+        start whose health round timed out, and when stopped)."""
+        return self._ready and bool(self._refs)
+
+    def inbox_depths(self) -> dict[str, int]:
+        """Messages waiting in each core actor's inbox ("dispatcher", "supervisor", "events"): a cheap,
+        non-blocking read, safe on the I/O loop (for metrics)."""
+        return {name: ref.actor_inbox.qsize() for name, ref in list(self._refs.items())}
 
     @property
     def running(self) -> bool:
@@ -454,6 +480,26 @@ class Site:
     def counts(self) -> dict[str, int]:
         """Number of commands per status."""
         return self._require("dispatcher").ask(GetCounts(), timeout=ASK_TIMEOUT_S)
+
+    # ---- controllers and parameters -------------------------------------------------------------
+    def set_controller(self, name: str, on: bool) -> dict[str, bool]:
+        """Switch a site controller on or off; returns every controller's state. "schedule": follow the
+        submitted schedules (off: due schedule rows wait, and newer rows supersede them as usual);
+        "grid_limit": enforce the grid limit (off: setpoints go as requested). Both start on. Not journaled:
+        whoever switches them (the cloud link) restores them after a restart."""
+        return self._require("dispatcher").ask(SetController(name, bool(on)), timeout=ASK_TIMEOUT_S)
+
+    def controllers(self) -> dict[str, bool]:
+        """{controller name: on}."""
+        return self._require("dispatcher").ask(GetControllers(), timeout=ASK_TIMEOUT_S)
+
+    def set_parameter(self, asset_id: str, name: str, value: float | None) -> None:
+        """Set (or clear, with None) an asset's operating parameter; it survives the asset actor's
+        restarts. ``min_soc`` (%, batteries): no discharge while the reported state of charge is below it."""
+        self.check_assets([asset_id], "set_parameter")
+        if name != "min_soc":
+            raise ConfigurationError(f"set_parameter: unknown parameter {name!r} (known: min_soc)")
+        self._require("supervisor").ask(SetParameter(asset_id, name, value), timeout=ASK_TIMEOUT_S)
 
     # ---- assets ---------------------------------------------------------------------------------
     @property

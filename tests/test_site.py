@@ -541,3 +541,75 @@ def test_run_forever_stops_the_site_cleanly_on_a_signal(tmp_path, sig):
     assert proc.returncode == 0, err
     assert out.strip() == f"stopped {int(sig)} stopped ['MainThread']"
     assert Journal.read(str(tmp_path / "commands.jnl"))   # the journal was closed cleanly, and holds the command
+
+
+# ---- priorities, controllers, parameters ---------------------------------------------------------
+
+def test_an_emergency_command_is_not_superseded_by_a_newer_normal_one():
+    with _site() as site:
+        dev = site.device("ev-1")
+        dev.set_silent(True)                                     # the emergency stays on its way a while
+        site.submit(_cmd("stop-now", value=0.0, priority=100))
+        site.settle()
+        site.submit(_cmd("schedule-row", value=22.0, at_s=1))    # a normal row one second later
+        site.advance(1)
+        assert site.command("schedule-row").status is S.SUPERSEDED
+        assert "superseded by stop-now" in site.command("schedule-row").last_error
+        dev.set_silent(False)
+        assert site.wait_for("stop-now").status is S.COMPLETED
+        site.settle()
+        assert [a.value for a in dev.applied] == [0.0]           # 22 kW never reached the charger
+
+
+def test_an_emergency_command_overtakes_normal_ones_queued_for_the_same_asset():
+    with _site() as site:
+        dev = site.device("bat-1")
+        dev.set_silent(True)
+        site.submit(_cmd("first", "bat-1", 10.0, ctype=T.SET_CHARGE_RATE))   # in flight, unanswered
+        site.settle()
+        site.submit_many([_cmd("soc", "bat-1", 80.0, ctype=T.SET_SOC_TARGET),
+                          _cmd("limit", "bat-1", 40.0, ctype=T.SET_POWER_LIMIT)])
+        site.submit(_cmd("stop", "bat-1", 0.0, ctype=T.SET_DISCHARGE_RATE, priority=100))
+        site.settle()
+        assert site.command("soc").status is S.PENDING           # waiting in the table, not behind the device
+        dev.set_silent(False)
+        site.settle()
+        order = [a.command_id for a in dev.applied]
+        assert order[:2] == ["first", "stop"] and set(order[2:]) == {"soc", "limit"}
+
+
+def test_switching_schedule_following_off_leaves_schedule_rows_waiting_and_on_sends_the_current_one():
+    df = pd.DataFrame({"ev_1_kw": [7.0, 11.0]}, index=pd.date_range(T0, periods=2, freq="5min"))
+    with _site() as site:
+        assert site.controllers() == {"schedule": True, "grid_limit": True}
+        site.set_controller("schedule", False)
+        batch = site.submit_schedule(df, asset_map={"ev_1": "ev-1"})
+        site.submit(_cmd("operator", "bat-1", 3.0))             # operator commands still go
+        site.settle()
+        assert site.command(batch.command_id(0)).status is S.PENDING
+        assert site.command("operator").status is S.COMPLETED
+        site.advance(300)                                        # the older row expires as the newer takes over
+        assert site.command(batch.command_id(0)).status is S.EXPIRED
+        assert site.command(batch.command_id(1)).status is S.PENDING
+        site.set_controller("schedule", True)                    # back on: the current row goes at once
+        site.settle()
+        assert site.command(batch.command_id(1)).status is S.COMPLETED
+        assert [a.value for a in site.device("ev-1").applied] == [11.0]
+        with pytest.raises(ValueError, match="unknown controller 'peak_shaving'"):
+            site.set_controller("peak_shaving", True)
+
+
+def test_a_battery_below_its_min_soc_refuses_to_discharge_until_the_parameter_is_cleared():
+    with _site() as site:
+        dev = site.device("bat-1")
+        dev.report_telemetry(soc_pct=12.0, power_kw=0.0)
+        site.set_parameter("bat-1", "min_soc", 15.0)
+        site.submit(_cmd("d1", "bat-1", 5.0, ctype=T.SET_DISCHARGE_RATE))
+        site.settle()
+        refused = site.command("d1")
+        assert refused.status is S.REJECTED and "below its MinSoc 15 %" in refused.last_error
+        site.submit(_cmd("c1", "bat-1", 5.0, ctype=T.SET_CHARGE_RATE))   # charging is fine
+        site.set_parameter("bat-1", "min_soc", None)
+        site.submit(_cmd("d2", "bat-1", 5.0, ctype=T.SET_DISCHARGE_RATE))
+        site.settle()
+        assert site.command("c1").status is S.COMPLETED and site.command("d2").status is S.COMPLETED

@@ -22,7 +22,8 @@ are due stay lazy too (a per-batch boolean mask).
 
 Supersession (setpoint types only, :attr:`CommandType.is_setpoint`): every channel
 (asset, command type) has at most one due, non-final command, the newest by
-(scheduled_time, priority, creation sequence). When a command falls due it either replaces the
+(emergency class, scheduled_time, priority, creation sequence): a normal command never supersedes an
+emergency one (priority >= :data:`~runtime.core.commands.EMERGENCY_PRIORITY`), however new it is. When a command falls due it either replaces the
 channel's current one (which becomes SUPERSEDED, even when in flight: a later device answer for it
 is ignored) or is itself SUPERSEDED when it is older. ``last_error`` of the loser names the winner.
 
@@ -44,7 +45,7 @@ import numpy as np
 
 from .batch import CommandBatch
 from .clock import to_datetime
-from .commands import Command, CommandStatus, CommandType, InvalidCommandTransition
+from .commands import EMERGENCY_PRIORITY, Command, CommandStatus, CommandType, InvalidCommandTransition
 from .errors import ConfigurationError
 from .events import EventType
 from .retry import RetryPolicy
@@ -102,9 +103,10 @@ class _Entry:
         self.batch = batch
 
     @property
-    def key(self) -> tuple[float, int, int]:
-        """Supersession order: newer scheduled time, then higher priority, then later creation wins."""
-        return (self.sched, self.command.priority, self.seq)
+    def key(self) -> tuple[bool, float, int, int]:
+        """Supersession order: an emergency (priority >= EMERGENCY_PRIORITY) beats any normal command;
+        within a class, newer scheduled time, then higher priority, then later creation wins."""
+        return (self.command.priority >= EMERGENCY_PRIORITY, self.sched, self.command.priority, self.seq)
 
 
 class _BatchState:

@@ -24,8 +24,12 @@ from .errors import InvalidCommand, InvalidCommandTransition
 
 __all__ = [
     "Command", "CommandType", "CommandStatus", "FINAL_STATUSES", "ALLOWED_TRANSITIONS",
-    "InvalidCommandTransition", "new_command_id",
+    "InvalidCommandTransition", "new_command_id", "EMERGENCY_PRIORITY",
 ]
+
+#: Commands with at least this priority are emergencies: they are sent before every normal command due
+#: for their asset, and no normal command supersedes them (see runtime.core.command_table).
+EMERGENCY_PRIORITY = 100
 
 
 class CommandType(str, Enum):

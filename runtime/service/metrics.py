@@ -31,19 +31,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import pykka
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from actors.handlers import Request
-from actors.messages import GetAssetRef, GetCommand, ListCommands, Subscribe, Unsubscribe
+from actors.messages import GetAssetRef, ListCommands, Subscribe, Unsubscribe
 from runtime.core.commands import CommandStatus
 from runtime.core.events import Event, EventType
 from runtime.site import Site
 
 from .gateway import SiteGateway
-from .siteinfo import asset_kinds, core_refs, journal_files
+from .siteinfo import asset_kinds, journal_files
 
 log = logging.getLogger(__name__)
 
@@ -264,24 +262,10 @@ class SiteMetrics:
             self._observe_delay(command_id, kind, at, payload.get("scheduled_time"))
 
     def _observe_delay(self, command_id: str, kind: str, dispatched_at: float, scheduled: Any) -> None:
-        """Scheduled time -> first DISPATCHED. The event's payload carries no scheduled time (yet), so
-        the dispatcher is asked for the command with a reply callback: nothing waits, and the answer
-        is observed in the dispatcher's thread when it comes."""
+        """Scheduled time (epoch seconds, in every command event's payload) -> first DISPATCHED."""
         if scheduled is not None:
             when = scheduled.timestamp() if isinstance(scheduled, datetime) else float(scheduled)
             self.delay.labels(kind).observe(max(0.0, dispatched_at - when))
-            return
-        dispatcher = core_refs(self.site).get("dispatcher")
-        if dispatcher is None:
-            return
-
-        def reply(command: Any, error: BaseException | None) -> None:  # in the dispatcher's thread
-            if error is None and command is not None:
-                self.delay.labels(kind).observe(max(0.0, dispatched_at - command.scheduled_time.timestamp()))
-        try:
-            dispatcher.tell(Request(GetCommand(command_id), reply))
-        except pykka.ActorDeadError:
-            pass
 
 
 def _alive(ref: Any) -> bool:
@@ -315,8 +299,8 @@ class _ScrapeCollector(Collector):
                 journal.add_metric([path.name], os.stat(path).st_size)
             except OSError:  # not written yet
                 pass
-        for name, ref in core_refs(site).items():
-            inbox.add_metric([name, ""], _depth(ref))
+        for name, depth in site.inbox_depths().items():
+            inbox.add_metric([name, ""], float(depth))
         for asset_id, ref in list(self._metrics._asset_refs.items()):
             if _alive(ref):
                 inbox.add_metric(["asset", asset_id], _depth(ref))
