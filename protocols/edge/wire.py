@@ -25,7 +25,9 @@ type                      direction        fields
 ========================  ===============  =================================================================
 ``hello``                 edge -> router   edge_id, last_seq (highest command seq the edge journaled),
                                            capabilities, software
-``welcome``               router -> edge   edge_id, resume_after (the seq replay starts after), server_time
+``welcome``               router -> edge   edge_id, resume_after (the seq replay starts after), pending (seqs
+                                           still lacking a final ack: the edge re-sends those acks first),
+                                           server_time
 ``command``               router -> edge   seq, command (the command object above)
 ``ack``                   edge -> router   the ack object above (+ seq); status: delivered, accepted,
                                            executed, rejected, failed, expired, superseded, cancelled
@@ -171,6 +173,9 @@ class Welcome(_Model):
     type: Literal["welcome"] = "welcome"
     edge_id: Id
     resume_after: Annotated[int, Field(ge=0)] = 0
+    #: Seqs of this edge's commands the router has sent and still lacks a final ack for: the edge sends
+    #: the latest ack it has for each (acks made while the link was down), before anything else.
+    pending: list[int] = []
     server_time: str = Field(default_factory=now_iso)
 
 
