@@ -261,3 +261,28 @@ def test_run_scenario_takes_a_path_and_returns_a_frozen_result():
     assert [(e.text, e.met) for e in result.expectations][:2] == [("16 COMPLETED", True), ("1 REJECTED", True)]
     with pytest.raises(AttributeError):
         result.exit_code = 1  # type: ignore[misc]
+
+
+def test_simulators_reject_go_silent_and_reboot(tmp_path):
+    """reject -> the charge point answers Rejected, the battery an exception code; silent; reboot."""
+    events = '''events = [
+    { at_s = 300, asset = "ev-1", action = "reboot" },
+    { at_s = 600, asset = "ev-2", action = "reject", value = "no" },
+    { at_s = 1000, asset = "ev-2", action = "reject", value = "" },
+    { at_s = 600, asset = "bat-1", action = "reject", value = "x" },
+    { at_s = 1000, asset = "bat-1", action = "reject", value = "" },
+    { at_s = 1100, asset = "bat-1", action = "silent", value = true },
+    { at_s = 1700, asset = "bat-1", action = "silent", value = false },
+    { at_s = 1750, asset = "bat-1", action = "reboot" },
+]
+'''
+    toml = SIM_TOML[:SIM_TOML.index("events = [")] + events + SIM_TOML[SIM_TOML.index("[timeouts]"):]
+    toml = toml[:toml.index("[expect]")]
+    result = run_scenario(_write(tmp_path, toml, SIM_CSV), out=io.StringIO())
+    assert result.counts == {"COMPLETED": 8, "REJECTED": 3}
+    errors = {(r["asset_id"], r["type"]): r["error"] for r in result.commands if r["status"] == "REJECTED"}
+    assert errors[("ev-2", "SET_CHARGE_RATE")] == "SetChargingProfile: charger answered Rejected"
+    assert "ILLEGAL_DATA_VALUE (3)" in errors[("bat-1", "SET_DISCHARGE_RATE")]
+    # the battery's 17:15 stop was refused: its applied setpoint stays a 20 kW discharge to the end
+    assert result.energy_kwh["bat-1"] == pytest.approx(-20 * 0.75)
+    assert result.faults["ev-1"]["link_lost"] == 1 and result.faults["ev-1"]["link_back"] == 1

@@ -128,7 +128,8 @@ class EventConfig(Strict):
 
 
 class ExpectAt(Strict):
-    """``[[expect.at]]``: asset states at a moment of the run (``at_s`` seconds after the start)."""
+    """``[[expect.at]]``: asset states at a moment of the run (``at_s`` seconds after the start), as they are
+    once the schedule's commands due then and the events at that moment have been handled."""
 
     at_s: float
     states: Annotated[dict[str, str], Field(min_length=1)]
