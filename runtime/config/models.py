@@ -31,7 +31,7 @@ One TOML file describes a site (``coordinator run site.toml``)::
     [journal]
     dir = "journal"
 
-The same asset and policy models are used by scenario files (:mod:`runtime.config.scenario`), so both
+The same asset and policy models are used by scenario files (:mod:`runtime.scenario.model`), so both
 are equally strict. Every model refuses keys it does not know (a typo is an error, not a silent
 default) and values of the wrong type (``max_kw = "eleven"``); limits cannot be negative.
 :func:`runtime.config.load_site_config` reports every problem at once, each naming the key path, the
