@@ -28,7 +28,7 @@ from protocols.sim.fleet import fleet_ids
 
 from .fleet_sims import ROOT, SimProcess, start_batteries
 
-__all__ = ["bench_idle", "TARGETS"]
+__all__ = ["bench_idle", "bench_depot", "TARGETS"]
 
 TARGETS = {"idle_cpu_pct": 1.0, "idle_rss_mb": 150.0}
 _ONLINE = re.compile(r"charge point (\S+) online")
@@ -138,3 +138,39 @@ def bench_idle(n_chargers: int = 50, n_batteries: int = 4, seconds: float = 30.0
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def bench_depot(hours: float = 24.0, devices: str = "sim") -> dict[str, Any]:
+    """The shipped depot scenario (50 chargers, 2 batteries, a binding grid limit) stretched to ``hours``
+    virtual hours on a 5-minute schedule whose values change every step, on the simulators over real
+    sockets (``devices="sim"``): wall time, commands and commands per wall second, RSS after the run."""
+    import dataclasses
+    import io
+
+    import numpy as np
+    import pandas as pd
+
+    from runtime.scenario import load_scenario, run_scenario
+
+    base = load_scenario(ROOT / "scenarios" / "depot_peak.toml")
+    steps = int(hours * 12)
+    index = pd.date_range(base.start, periods=steps, freq="5min")
+    rng = np.random.default_rng(0)
+    columns = {}
+    for name in base.schedule.columns:
+        columns[name] = np.round(rng.uniform(0.0, 22.0 if name.startswith("ev") else 20.0, size=steps), 1)
+    for name in [c for c in columns if c.endswith("_charge_kw")]:   # a battery charges or discharges, not both
+        discharge = name.replace("_charge_kw", "_discharge_kw")
+        if discharge in columns:
+            charging = rng.random(steps) < 0.5
+            columns[name] = np.where(charging, columns[name], 0.0)
+            columns[discharge] = np.where(charging, 0.0, columns[discharge])
+    scenario = dataclasses.replace(base, schedule=pd.DataFrame(columns, index=index), events=(),
+                                   duration_s=hours * 3600.0, expect=type(base.expect)())
+    t0 = time.perf_counter()
+    result = run_scenario(scenario, devices=devices, out=io.StringIO(), as_json=True, progress=False)
+    wall = time.perf_counter() - t0
+    commands = sum(result.counts.values())
+    return {"hours": hours, "devices": devices, "assets": len(base.assets), "commands": commands,
+            "wall_s": round(wall, 1), "commands_per_s": round(commands / wall, 1),
+            "completed": result.counts.get("COMPLETED", 0), "rss_mb": round(_rss_mb(os.getpid()), 1)}
