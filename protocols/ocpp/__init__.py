@@ -3,7 +3,7 @@
 Laid out like the ``ocpp`` library: a room per version, shared parts beside them.
 
 * :class:`~protocols.ocpp.central_system.CentralSystem`: the websockets server (one per site, on the I/O
-  loop): handshake, Basic auth, the charge point registry, listeners, calls.
+  loop): handshake, security profiles 1-3, the charge point registry, listeners, calls.
 * :class:`~protocols.ocpp.link.OcppChargerLink`: one charger connector/EVSE as a device link.
 * :mod:`protocols.ocpp.v16` / :mod:`protocols.ocpp.v201`: the per-connection handlers
   (``central.py``) and the SetChargingProfile builder (``profiles.py``) of each version.
@@ -13,7 +13,10 @@ Laid out like the ``ocpp`` library: a room per version, shared parts beside them
   (meter values), :mod:`~protocols.ocpp.mapping` (OCPP statuses -> charger states),
   :mod:`~protocols.ocpp.notifications` (what the central system tells its listeners),
   :mod:`~protocols.ocpp.profiles` (charging limits, the wire payload), :mod:`~protocols.ocpp.timestamps`,
-  and :mod:`~protocols.ocpp.response_wait` (the one override of a private ``ocpp`` method).
+  :mod:`~protocols.ocpp.security` (security profiles: TLS contexts, client-certificate checks),
+  :mod:`~protocols.ocpp.authorization` (which id tags may charge), :mod:`~protocols.ocpp.data_transfer`
+  (DataTransfer: the vendor hook), and :mod:`~protocols.ocpp.response_wait` (one of the two overrides of a
+  private ``ocpp`` method; the other, ``_send``, is in :mod:`~protocols.ocpp.connection`).
 
 Names are resolved lazily, so that importing one small part (a profile builder) does not start the
 whole central system's imports.

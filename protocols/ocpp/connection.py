@@ -9,8 +9,21 @@ closes, see :meth:`ChargePointConnection.shutdown`), the BootNotification answer
 back without booting (TriggerMessage to re-announce its transactions), the helpers the handlers
 use to report connector states, meter readings and transactions to the central system's listeners,
 and the guard every frame from the charger passes first (:meth:`ChargePointConnection.route_message`:
-a bad frame is answered as its OCPP-J version prescribes, see :mod:`protocols.ocpp.frames`, and never
-closes the connection).
+a bad frame, or a CALL of an action no handler answers, is answered as its OCPP-J version prescribes,
+see :mod:`protocols.ocpp.frames`, and never closes the connection).
+
+Every CALLERROR the library itself sends passes :meth:`ChargePointConnection._send` (the library's one
+send method), which spells its error code as the connection's version does: the library raises
+``FormatViolation`` for an invalid payload whatever the version, but OCPP-J 1.6 Table 7 names that code
+``FormationViolation`` (and ``OccurenceConstraintViolation``, sic), and a strict 1.6 charger refuses a
+code its version does not have. This is the second private method of the library overridden here (after
+:mod:`protocols.ocpp.response_wait`); ``tests/test_ocpp_conformance.py`` proves it end to end.
+
+The handlers ask the central system about id tags through :meth:`ChargePointConnection._decide_tag`
+(:mod:`protocols.ocpp.authorization`) and about vendor messages through
+:meth:`ChargePointConnection._data_transfer` (:mod:`protocols.ocpp.data_transfer`); the messages a charger
+sends under security profiles 2 and 3 (SecurityEventNotification, SignCertificate) are logged and
+answered by :meth:`ChargePointConnection._security_event` and :meth:`ChargePointConnection._csr`.
 
 Everything here runs on the I/O loop. Nothing is awaited inside an ``@on`` handler: calls to the
 charger run in tasks (:meth:`ChargePointConnection.spawn`).
@@ -19,6 +32,7 @@ charger run in tasks (:meth:`ChargePointConnection.spawn`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Mapping
 
@@ -26,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runtime.core.errors import ChargerNotConnected
 
+from .authorization import TagDecision
 from .frames import FrameProblem, call_error, check_frame
 from .meter import parse_meter_values
 from .notifications import ChargerOnline, ConnectorStatus, MeterReading, TransactionStarted
@@ -42,6 +57,14 @@ WIRE_LOG = logging.getLogger("protocols.ocpp.wire")
 __all__ = ["ChargePointConnection", "WIRE_LOG"]
 
 _PREVIEW = 120  # characters of a bad frame quoted in the log
+
+# The error codes the library may send, as each version spells them (OCPP-J 1.6 Table 7, 2.0.1 Table 8).
+_SPELLING: dict[str, dict[str, str]] = {
+    "1.6": {"FormatViolation": "FormationViolation",
+            "OccurrenceConstraintViolation": "OccurenceConstraintViolation"},
+    "2.0.1": {"FormationViolation": "FormatViolation",
+              "OccurenceConstraintViolation": "OccurrenceConstraintViolation"},
+}
 
 
 def _preview(raw: str | bytes) -> str:
@@ -64,6 +87,9 @@ class ChargePointConnection(ClosingResponseWait):
         self._announcing = False
         self._closed = False
         self.replaced = False
+        #: The actions a handler answers; any other CALL is answered NotImplemented / NotSupported.
+        self._handled = frozenset(action for action, hooks in self.route_map.items()  # type: ignore[attr-defined]
+                                  if "_on_action" in hooks)
 
     # ---- tasks owned by this connection --------------------------------------------------------
     def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any] | None:
@@ -103,7 +129,7 @@ class ChargePointConnection(ClosingResponseWait):
         no answer; a well-formed frame goes to the library's ``route_message``. No frame closes the
         connection: an unexpected error while the library handles one is logged and the next frame is read.
         """
-        problem = check_frame(raw_msg, self.version)
+        problem = check_frame(raw_msg, self.version, self._handled)
         if problem is not None:
             await self._refuse_frame(problem, raw_msg)
             return
@@ -121,11 +147,18 @@ class ChargePointConnection(ClosingResponseWait):
             log.warning("charge point %s: bad OCPP %s frame ignored, not answered (%s): %s", cp_id, self.version,
                         problem.description, _preview(raw_msg))
             return
-        log.warning("charge point %s: bad OCPP frame answered %s (%s): %s", cp_id, problem.code,
+        log.warning("charge point %s: OCPP %s frame answered %s (%s): %s", cp_id, self.version, problem.code,
                     problem.description, _preview(raw_msg))
         answer = call_error(problem)
         WIRE_LOG.info("%s: send %s", cp_id, answer)  # as the library logs what it sends
         await self._connection.send(answer)  # type: ignore[attr-defined]
+
+    async def _send(self, message: str) -> None:
+        """The library's send (every frame it sends passes here): a CALLERROR's code spelled as this
+        connection's OCPP version spells it (see the module docstring)."""
+        if message.startswith("[4,"):
+            message = _respell_error(message, self.version)
+        await super()._send(message)  # type: ignore[misc]
 
     # ---- registration / announce ---------------------------------------------------------------
     def _boot_answer(self, payload: Mapping[str, Any]) -> tuple[str, int]:
@@ -229,6 +262,33 @@ class ChargePointConnection(ClosingResponseWait):
         raise NotImplementedError
 
     # ---- helpers for the handlers ----------------------------------------------------------------
+    def _decide_tag(self, id_tag: str) -> TagDecision:
+        """The central system's answer about ``id_tag`` presented at this charge point (logged unless Accepted)."""
+        cp_id: str = self.id  # type: ignore[attr-defined]
+        decision = self._cs._decide_tag(cp_id, id_tag)
+        if decision.status != "Accepted":
+            log.info("charge point %s: id tag %r answered %s", cp_id, id_tag, decision.status)
+        return decision
+
+    async def _data_transfer(self, vendor_id: str, message_id: str | None, data: Any) -> tuple[str, Any]:
+        cp_id: str = self.id  # type: ignore[attr-defined]
+        return await self._cs._data_transfer.answer(cp_id, self.version, vendor_id, message_id, data)
+
+    def _security_event(self, type: str, timestamp: str, tech_info: str | None) -> None:
+        """A SecurityEventNotification (sent under profiles 2 and 3, e.g. after a failed TLS handshake or a
+        settings change): logged at WARNING, for the operator; nothing else follows from it here."""
+        cp_id: str = self.id  # type: ignore[attr-defined]
+        log.warning("charge point %s: security event %s at %s%s", cp_id, type, timestamp,
+                    f" ({tech_info})" if tech_info else "")
+
+    def _csr(self, certificate_type: str | None) -> None:
+        """A SignCertificate (the charger asks for a certificate to be signed, to move to profile 3 or to
+        renew one): this central system signs no certificates, so it is answered Rejected, and logged."""
+        cp_id: str = self.id  # type: ignore[attr-defined]
+        log.warning("charge point %s: SignCertificate request (%s) answered Rejected: this central system does "
+                    "not sign certificates; install the charger's certificate by other means", cp_id,
+                    certificate_type or "ChargingStationCertificate")
+
     def _set_state(self, connector: int, state: str | None, raw: str, error_code: str | None = None,
                    info: str | None = None, *, status_notification: bool = True) -> None:
         """Record and report a connector state. A StatusNotification is always reported; a state
@@ -262,3 +322,18 @@ class ChargePointConnection(ClosingResponseWait):
                  transaction_id, connector)
         self._cs._emit(self.id, TransactionStarted(self.id, connector, transaction_id))  # type: ignore[attr-defined]
 
+
+
+def _respell_error(message: str, version: str) -> str:
+    """``message`` (a CALLERROR frame) with its error code as ``version`` spells it; unchanged otherwise."""
+    try:
+        frame = json.loads(message)
+    except ValueError:
+        return message
+    if not (isinstance(frame, list) and len(frame) == 5 and frame[0] == 4):
+        return message
+    code = _SPELLING[version].get(frame[2])
+    if code is None:
+        return message
+    frame[2] = code
+    return json.dumps(frame, separators=(",", ":"))

@@ -27,6 +27,9 @@ message type not a number                      not answered (logged)   RpcFramew
 message type a number other than 2, 3, 4       not answered (logged)   MessageTypeNotSupported
 CALLRESULT / CALLERROR with an unreadable id   not answered (logged)   not answered (logged)
 or nested too deep
+CALL whose action the version does not define  NotImplemented          NotImplemented
+CALL whose action the version defines, but     NotSupported            NotSupported
+that the central system does not handle
 =============================================  ======================  ==========================
 
 Why: 2.0.1 §4.2.3 says that when the message id of a corrupt message cannot be read, the CALLERROR
@@ -47,6 +50,15 @@ does not. The other 1.6 codes are the closest of Table 7: FormationViolation ("P
 syntactically incorrect or not conform the PDU structure for Action", the 1.6 spelling) and
 ProtocolError ("Payload for Action is incomplete") for a CALL that lacks its payload.
 
+Actions (OCPP-J 1.6 Table 7, OCPP-J 2.0.1 Table 8, the same words in both): NotImplemented "Requested
+Action is not known by receiver", NotSupported "Requested Action is recognized but not supported by the
+receiver". An action the version does not define at all (``"Probe"``, or a 2.0.1 action on a 1.6
+connection) is not known: NotImplemented; one it defines but that no handler answers here (a 1.6
+charger sending RemoteStartTransaction, which only a central system receives) is recognized but not
+supported: NotSupported. The ``ocpp`` library (2.1.0) answers the other way round, with each code's
+description swapped to match (``_raise_key_error``; mobilityhouse/ocpp PR 426 and issue 493), so
+:func:`check_frame` answers both cases itself when given the actions that are handled.
+
 A CALLRESULT or CALLERROR is never answered with a CALLERROR: it is itself an answer, and its id names
 one of our calls. A well-formed one goes to the library (which matches it to the waiting call).
 """
@@ -56,9 +68,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import AbstractSet, Any
 
-__all__ = ["FrameProblem", "MAX_NESTING", "call_error", "check_frame"]
+from ocpp.v16.enums import Action as Action16
+from ocpp.v201.enums import Action as Action201
+
+__all__ = ["ACTIONS", "FrameProblem", "MAX_NESTING", "NOT_IMPLEMENTED", "NOT_SUPPORTED", "call_error",
+           "check_frame"]
 
 #: Deepest nesting of arrays and objects accepted in a frame (the frame itself is level 1). OCPP payloads
 #: nest about a dozen levels; the limit leaves room for vendor ``customData`` and keeps every recursive
@@ -85,6 +101,13 @@ _NO_ID: dict[str, str | None] = {"1.6": None, "2.0.1": "-1"}
 _START = re.compile(r'\s*\[\s*(\d{1,3})\s*,\s*(?=")')
 _STRING = json.JSONDecoder()
 
+#: Every action each version defines (in either direction): the ones a receiver can "recognize".
+ACTIONS: dict[str, frozenset[str]] = {"1.6": frozenset(a.value for a in Action16),
+                                      "2.0.1": frozenset(a.value for a in Action201)}
+#: The OCPP-J descriptions of the two codes (1.6 Table 7, 2.0.1 Table 8).
+NOT_IMPLEMENTED = "Requested Action is not known by receiver"
+NOT_SUPPORTED = "Requested Action is recognized but not supported by the receiver"
+
 
 @dataclass(frozen=True)
 class FrameProblem:
@@ -105,9 +128,10 @@ def call_error(problem: FrameProblem) -> str:
     return json.dumps([CALLERROR, problem.unique_id, problem.code, problem.description, {}], separators=(",", ":"))
 
 
-def check_frame(raw: str | bytes, version: str) -> FrameProblem | None:
+def check_frame(raw: str | bytes, version: str, handled: AbstractSet[str] | None = None) -> FrameProblem | None:
     """None if ``raw`` is a frame the library can route safely; else what is wrong and how ``version``
-    ("1.6" or "2.0.1") answers it (see the module docstring)."""
+    ("1.6" or "2.0.1") answers it (see the module docstring). With ``handled`` (the actions that have a
+    handler), a CALL of any other action is answered NotImplemented or NotSupported here."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         frame = json.loads(text)
@@ -141,6 +165,10 @@ def check_frame(raw: str | bytes, version: str) -> FrameProblem | None:
         return _problem(version, _BAD_WRAPPER, "action is not a string", unique_id)
     if not isinstance(frame[3], dict) and frame[3] is not None:  # null: "no payload" (OCPP-J), left to the library
         return _problem(version, _BAD_PAYLOAD, "payload is not a JSON object", unique_id)
+    if handled is not None and frame[2] not in handled:
+        if frame[2] in ACTIONS[version]:
+            return FrameProblem(NOT_SUPPORTED, "NotSupported", unique_id)
+        return FrameProblem(NOT_IMPLEMENTED, "NotImplemented", unique_id)
     return None
 
 

@@ -1,4 +1,7 @@
-"""The one place where the central system reaches into a private part of the ``ocpp`` library.
+"""Where the central system reaches into a private part of the ``ocpp`` library to wait for answers.
+
+(The only other such place is ``ChargePointConnection._send`` in :mod:`protocols.ocpp.connection`, which
+spells the error code of a CALLERROR the library sends as the connection's OCPP version does.)
 
 ``ocpp.charge_point.ChargePoint.call`` sends a CALL and then awaits
 ``self._get_specific_response(unique_id, timeout)``, which reads the connection's

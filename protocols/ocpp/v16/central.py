@@ -1,11 +1,19 @@
 """The central system's side of one OCPP 1.6 connection: a handler per action a 1.6 charger sends.
 
-BootNotification, Heartbeat, StatusNotification, Authorize, StartTransaction, StopTransaction and
-MeterValues are answered here; what they mean for the site is reported through the shared
+Every message a 1.6 charge point sends has a handler here: the Core profile (BootNotification,
+Heartbeat, StatusNotification, Authorize, StartTransaction, StopTransaction, MeterValues, DataTransfer),
+the Firmware Management notifications (DiagnosticsStatusNotification, FirmwareStatusNotification) and the
+security whitepaper's (SecurityEventNotification, SignCertificate, LogStatusNotification,
+SignedFirmwareStatusNotification). What they mean for the site is reported through the shared
 :class:`~protocols.ocpp.connection.ChargePointConnection` helpers. 1.6 specifics: the central system
 assigns transaction ids (a new one is recorded only after the StartTransaction answer went out), the
 rate unit comes from GetConfiguration ``ChargingScheduleAllowedChargingRateUnit``, and a reconnect is
 re-announced with TriggerMessage(MeterValues) and TriggerMessage(StatusNotification).
+
+Id tags (Authorize, StartTransaction, StopTransaction) are answered with the central system's id-tag
+policy (:mod:`protocols.ocpp.authorization`); a StartTransaction with a refused tag still gets its
+transaction id, as 1.6 requires, and the charger decides whether to stop (its
+``StopTransactionOnInvalidId``).
 """
 
 from __future__ import annotations
@@ -80,7 +88,51 @@ class ChargePoint16Connection(ChargePointConnection, ChargePoint):
     @on(Action.authorize)
     def on_authorize(self, id_tag: str, **_: Any) -> Any:
         self._on_traffic()
-        return call_result.Authorize(id_tag_info={"status": "Accepted"})
+        return call_result.Authorize(id_tag_info=self._decide_tag(id_tag).id_tag_info_16())
+
+    @on(Action.data_transfer)
+    async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None,
+                               **_: Any) -> Any:
+        self._on_traffic()
+        status, out = await self._data_transfer(vendor_id, message_id, data)
+        return call_result.DataTransfer(status=status, data=out)
+
+    @on(Action.diagnostics_status_notification)
+    def on_diagnostics_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: diagnostics upload %s", self.id, status)
+        return call_result.DiagnosticsStatusNotification()
+
+    @on(Action.firmware_status_notification)
+    def on_firmware_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: firmware %s", self.id, status)
+        return call_result.FirmwareStatusNotification()
+
+    @on(Action.security_event_notification)
+    def on_security_event_notification(self, type: str, timestamp: str, tech_info: str | None = None,
+                                       **_: Any) -> Any:
+        self._on_traffic()
+        self._security_event(type, timestamp, tech_info)
+        return call_result.SecurityEventNotification()
+
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, csr: str, **_: Any) -> Any:
+        self._on_traffic()
+        self._csr(None)
+        return call_result.SignCertificate(status="Rejected")
+
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: log upload %s", self.id, status)
+        return call_result.LogStatusNotification()
+
+    @on(Action.signed_firmware_status_notification)
+    def on_signed_firmware_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: signed firmware %s", self.id, status)
+        return call_result.SignedFirmwareStatusNotification()
 
     def _resync_triggers(self) -> list[Any]:
         return [call.TriggerMessage(requested_message="MeterValues"),
@@ -92,7 +144,8 @@ class ChargePoint16Connection(ChargePointConnection, ChargePoint):
         self._on_traffic()
         tx = self._cs._next_transaction_id()
         self._started = (connector_id, tx, id_tag)
-        return call_result.StartTransaction(transaction_id=tx, id_tag_info={"status": "Accepted"})
+        info = self._decide_tag(id_tag).id_tag_info_16()
+        return call_result.StartTransaction(transaction_id=tx, id_tag_info=info)
 
     @after(Action.start_transaction)
     def after_start_transaction(self, **_: Any) -> None:
@@ -116,7 +169,7 @@ class ChargePoint16Connection(ChargePointConnection, ChargePoint):
                 self._meter(connector, transaction_data, transaction_id)
         self._cs._emit(self.id, TransactionEnded(self.id, connector, transaction_id, reason))
         if id_tag is not None:
-            return call_result.StopTransaction(id_tag_info={"status": "Accepted"})
+            return call_result.StopTransaction(id_tag_info=self._decide_tag(id_tag).id_tag_info_16())
         return call_result.StopTransaction()
 
     @on(Action.meter_values)

@@ -1,11 +1,17 @@
 """The central system's side of one OCPP 2.0.1 connection: a handler per action a 2.0.1 station sends.
 
-BootNotification, Heartbeat, StatusNotification, Authorize, TransactionEvent, MeterValues and
-NotifyReport are answered here; what they mean for the site is reported through the shared
+BootNotification, Heartbeat, StatusNotification, Authorize, TransactionEvent, MeterValues,
+NotifyReport, NotifyEvent, DataTransfer, FirmwareStatusNotification, LogStatusNotification and the
+messages a station sends under security profiles 2 and 3 (SecurityEventNotification, SignCertificate)
+are answered here; what they mean for the site is reported through the shared
 :class:`~protocols.ocpp.connection.ChargePointConnection` helpers. 2.0.1 specifics: the station names
 its transactions, the charging detail comes in TransactionEvent ``transactionInfo.chargingState``,
 the rate unit from GetVariables ``SmartChargingCtrlr.RateUnit``, and a reconnect is re-announced with
 TriggerMessage(TransactionEvent).
+
+Id tokens (Authorize, and a TransactionEvent that carries one) are answered with the central system's
+id-tag policy (:mod:`protocols.ocpp.authorization`); a TransactionEvent without an idToken gets no
+``idTokenInfo``, as 2.0.1 prescribes.
 """
 
 from __future__ import annotations
@@ -89,7 +95,47 @@ class ChargePoint201Connection(ChargePointConnection, ChargePoint):
     @on(Action.authorize)
     def on_authorize(self, id_token: Mapping[str, Any], **_: Any) -> Any:
         self._on_traffic()
-        return call_result.Authorize(id_token_info={"status": "Accepted"})
+        decision = self._decide_tag(str(id_token.get("id_token", "")))
+        return call_result.Authorize(id_token_info=decision.id_token_info_201())
+
+    @on(Action.data_transfer)
+    async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: Any = None,
+                               **_: Any) -> Any:
+        self._on_traffic()
+        status, out = await self._data_transfer(vendor_id, message_id, data)
+        return call_result.DataTransfer(status=status, data=out)
+
+    @on(Action.security_event_notification)
+    def on_security_event_notification(self, type: str, timestamp: str, tech_info: str | None = None,
+                                       **_: Any) -> Any:
+        self._on_traffic()
+        self._security_event(type, timestamp, tech_info)
+        return call_result.SecurityEventNotification()
+
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, csr: str, certificate_type: str | None = None, **_: Any) -> Any:
+        self._on_traffic()
+        self._csr(certificate_type)
+        return call_result.SignCertificate(status="Rejected", status_info={
+            "reason_code": "NotSupported", "additional_info": "this CSMS does not sign certificates"})
+
+    @on(Action.notify_event)
+    def on_notify_event(self, generated_at: str, seq_no: int, event_data: list[Any], **_: Any) -> Any:
+        self._on_traffic()
+        log.debug("charge point %s: NotifyEvent with %d event(s)", self.id, len(event_data))
+        return call_result.NotifyEvent()
+
+    @on(Action.firmware_status_notification)
+    def on_firmware_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: firmware %s", self.id, status)
+        return call_result.FirmwareStatusNotification()
+
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, status: str, **_: Any) -> Any:
+        self._on_traffic()
+        log.info("charge point %s: log upload %s", self.id, status)
+        return call_result.LogStatusNotification()
 
     @on(Action.transaction_event)
     def on_transaction_event(self, event_type: str, timestamp: str, trigger_reason: str, seq_no: int,
@@ -133,7 +179,8 @@ class ChargePoint201Connection(ChargePointConnection, ChargePoint):
         if event_type == "Ended":
             self._cs._emit(self.id, TransactionEnded(self.id, evse_id, tx, transaction_info.get("stopped_reason")))
         if isinstance(id_token, Mapping):
-            return call_result.TransactionEvent(id_token_info={"status": "Accepted"})
+            decision = self._decide_tag(str(id_token.get("id_token", "")))
+            return call_result.TransactionEvent(id_token_info=decision.id_token_info_201())
         return call_result.TransactionEvent()
 
     @on(Action.meter_values)

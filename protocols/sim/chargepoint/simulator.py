@@ -2,7 +2,7 @@
 
 One :class:`ChargePointSim` is one charge point with one connector (1.6 connector ``connector_id``,
 2.0.1 EVSE ``connector_id`` with connector 1). It connects to ``<url>/<cp_id>`` with the subprotocol
-of its version (and HTTP Basic auth when given a password), boots, reports its status, and then:
+of its version, boots, reports its status, and then:
 
 * ``plug_in()``, ``start_transaction()``, ``stop_transaction()``, ``unplug()`` drive an EV session
   (1.6: Authorize/StartTransaction/StopTransaction and StatusNotification; 2.0.1: TransactionEvent
@@ -27,6 +27,12 @@ finds it (no handler waits).
 
 Every call it receives is recorded in :attr:`ChargePointSim.calls` (action and snake_case payload).
 
+Security profiles, as a real charger speaks them: 1, ``password=`` (HTTP Basic auth, username = its id);
+2, a ``wss://`` url, ``ca_cert=`` (the CA that signed the central system's certificate; default: the
+system's trust store) and ``password=``; 3, a ``wss://`` url, ``ca_cert=``, and ``client_cert=`` /
+``client_key=`` (PEM files of its own certificate, which should name its id). ``ssl_context=`` gives a
+ready :class:`ssl.SSLContext` instead (see :func:`protocols.ocpp.security.client_context`).
+
 The per-version handlers are in :mod:`.v16` and :mod:`.v201`; many simulators in one process are a
 fleet (:mod:`protocols.sim.fleet`); the ``coordinator sim ocpp`` command is :mod:`runtime.cli.sim_ocpp`.
 """
@@ -37,6 +43,8 @@ import asyncio
 import base64
 import itertools
 import logging
+import os
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
@@ -49,6 +57,7 @@ from ocpp.v201 import call as call201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from protocols.ocpp.security import client_context
 from protocols.ocpp.timestamps import ocpp_timestamp
 from runtime.core.errors import SimNotConnected
 
@@ -114,6 +123,8 @@ class ChargePointSim:
     change). ``auto_reconnect``: reconnect (with backoff, without a BootNotification) when the
     connection is lost other than by :meth:`drop`/:meth:`stop`. ``validate``: JSON-schema validation
     of the OCPP messages (turn off for large fleets). ``subprotocols`` overrides what it offers (tests).
+    ``password``, ``ca_cert``, ``client_cert``, ``client_key``, ``ssl_context``: the security profile it
+    speaks (see the module docstring); the TLS files are read here, once.
     """
 
     def __init__(self, cp_id: str, url: str, version: Literal["1.6", "2.0.1"] = "1.6", *, max_kw: float = 22.0,
@@ -122,7 +133,10 @@ class ChargePointSim:
                  id_tag: str = "SIMTAG", vendor: str = "QubitSim", model: str = "SimCP-22",
                  reject_profiles: bool = False, call_error: bool = False, delay: float = 0.0,
                  keep_profiles_on_reboot: bool = False, auto_reconnect: bool = False, validate: bool = True,
-                 open_timeout: float = 10.0, subprotocols: Sequence[str] | None = None) -> None:
+                 open_timeout: float = 10.0, subprotocols: Sequence[str] | None = None,
+                 ca_cert: str | os.PathLike[str] | None = None, client_cert: str | os.PathLike[str] | None = None,
+                 client_key: str | os.PathLike[str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if version not in _SUBPROTOCOL:
             raise ValueError(f"version: must be '1.6' or '2.0.1', got {version!r}")
         if accepted_unit not in _UNIT_16:
@@ -149,6 +163,17 @@ class ChargePointSim:
         self.validate = validate
         self.open_timeout = open_timeout
         self.subprotocols = list(subprotocols) if subprotocols is not None else [_SUBPROTOCOL[version]]
+        if client_key is not None and client_cert is None:
+            raise ValueError("client_key: give client_cert too")
+        tls_files = ca_cert is not None or client_cert is not None
+        if ssl_context is not None and tls_files:
+            raise ValueError("ssl_context: give either an SSL context or the TLS files, not both")
+        if tls_files and not url.startswith("wss://"):
+            raise ValueError(f"ca_cert / client_cert: TLS needs a wss:// url, got {url!r}")
+        #: The TLS context of a wss:// url (None: plain ws).
+        self.ssl_context: ssl.SSLContext | None = ssl_context
+        if ssl_context is None and url.startswith("wss://"):
+            self.ssl_context = client_context(ca_cert, client_cert, client_key)
 
         self.calls: list[ReceivedCall] = []
         self.boot_status: str | None = None
@@ -289,7 +314,8 @@ class ChargePointSim:
             headers["Authorization"] = f"Basic {token}"
         ws = await connect(f"{self.url.rstrip('/')}/{quote(self.cp_id, safe='')}", subprotocols=self.subprotocols,
                            additional_headers=headers, open_timeout=self.open_timeout, close_timeout=2,
-                           compression=None, logger=logging.getLogger("protocols.sim.websockets"))
+                           compression=None, ssl=self.ssl_context,
+                           logger=logging.getLogger("protocols.sim.websockets"))
         cls = Sim16Connection if self.version == "1.6" else Sim201Connection
         conn = _Conn(ws, cls(self.cp_id, ws, self))
         self._conn = conn
