@@ -8,13 +8,17 @@ simulator this way).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from protocols.base import DeviceLink
 from protocols.modbus.link import ModbusBatteryLink
 from protocols.modbus.register_map import sunspec_map
+from protocols.ocpp.central_system import resolve_security_profile
 from protocols.ocpp.link import OcppChargerLink
+from protocols.ocpp.security import server_context
 from runtime.core.assets import AssetSpec, BatterySpec, ChargerSpec
 from runtime.core.errors import ConfigurationError
 from runtime.core.retry import RetryPolicy
@@ -64,8 +68,11 @@ def ocpp_options(config: SiteConfig) -> dict[str, Any] | None:
     """Keyword arguments of the OCPP central system; None when no asset uses OCPP.
 
     The allow-list defaults to the configured charge point ids, so a stranger cannot connect. Basic
-    auth (security profile 1) is on when the chargers have passwords; it must then be all of them (a
-    charger without one could not connect)."""
+    auth (security profiles 1 and 2) uses the chargers' passwords; it must then be all of them (a
+    charger without one could not connect). Without ``security_profile`` the profile is 1 when the
+    chargers have passwords, else 0. The TLS files of profiles 2 and 3 are loaded here once, so that a
+    file that is not a certificate or key is reported by ``coordinator check``; the id-tag policy is
+    ``[ocpp.authorize]``."""
     chargers = [a for a in config.assets if isinstance(a, ChargerConfig) and a.ocpp is not None]
     if not chargers:
         return None
@@ -79,10 +86,26 @@ def ocpp_options(config: SiteConfig) -> dict[str, Any] | None:
     options: dict[str, Any] = {
         "host": s.host, "port": s.port, "allow_ids": s.allow_ids if s.allow_ids is not None else ids,
         "unknown_boot": s.unknown_boot, "heartbeat_interval": s.heartbeat_interval_s,
-        "response_timeout": s.response_timeout_s}
+        "response_timeout": s.response_timeout_s, "authorize": s.authorize}
     if with_password:
         options["basic_auth"] = {a.ocpp.charge_point_id: a.ocpp.password for a in with_password
                                  if a.ocpp is not None and a.ocpp.password is not None}
+    tls = {key: str(Path(value).expanduser()) for key, value in
+           (("tls_cert", s.tls_cert), ("tls_key", s.tls_key), ("ca_cert", s.ca_cert)) if value is not None}
+    try:
+        profile = resolve_security_profile(s.security_profile, basic_auth=bool(with_password),
+                                           tls_cert="tls_cert" in tls, tls_key="tls_key" in tls,
+                                           ca_cert="ca_cert" in tls)
+    except ConfigurationError as exc:
+        hint = ("set ocpp.password on every charger" if s.security_profile in (1, 2)
+                else "remove the chargers' ocpp.password")
+        raise ConfigurationError(f"ocpp.security_profile: {exc}; {hint}") from None
+    if profile >= 2:
+        try:
+            server_context(tls["tls_cert"], tls["tls_key"], tls.get("ca_cert"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"ocpp.tls_cert / tls_key / ca_cert cannot be loaded: {exc}") from None
+    options.update(security_profile=profile, **tls)
     return options
 
 

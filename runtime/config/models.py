@@ -41,9 +41,13 @@ value given and what was expected.
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocols.ocpp.authorization import AuthorizeConfig
 
 __all__ = [
     "Strict", "OcppConnection", "ModbusConnection", "ChargerConfig", "BatteryConfig", "AssetConfig",
@@ -183,7 +187,17 @@ class JournalConfig(Strict):
 
 
 class OcppServerConfig(Strict):
-    """The OCPP central system the site's chargers connect to."""
+    """The OCPP central system the site's chargers connect to.
+
+    ``security_profile`` (OCPP security profiles, see :mod:`protocols.ocpp.security`): 0 nobody is
+    authenticated; 1 HTTP Basic auth (every charger's ``ocpp.password``); 2 TLS (``tls_cert``, ``tls_key``)
+    and Basic auth; 3 TLS with client certificates (``tls_cert``, ``tls_key``, ``ca_cert``; no passwords).
+    Absent: 1 when the chargers have passwords, else 0 (as before profiles could be chosen). The TLS
+    files are PEM; a relative path is relative to the current directory of the process (where
+    ``coordinator run`` is started), not to the site file: give absolute paths in production. They must
+    exist when the file is loaded. ``[ocpp.authorize]``: which id tags may charge
+    (:class:`~protocols.ocpp.authorization.AuthorizeConfig`; default: all).
+    """
 
     host: Annotated[str, Field(min_length=1)] = "0.0.0.0"
     port: Annotated[int, Field(ge=0, le=65535)] = 9000
@@ -193,6 +207,36 @@ class OcppServerConfig(Strict):
     unknown_boot: Literal["Accepted", "Pending"] = "Accepted"
     heartbeat_interval_s: Annotated[int, Field(ge=1)] = 300
     response_timeout_s: Positive = 10.0
+    security_profile: Literal[0, 1, 2, 3] | None = None
+    #: The central system's certificate (chain) and its unencrypted private key (profiles 2 and 3).
+    tls_cert: Annotated[str, Field(min_length=1)] | None = None
+    tls_key: Annotated[str, Field(min_length=1)] | None = None
+    #: The CA certificate(s) the chargers' client certificates must chain to (profile 3).
+    ca_cert: Annotated[str, Field(min_length=1)] | None = None
+    authorize: AuthorizeConfig = AuthorizeConfig()
+
+    @model_validator(mode="after")
+    def _tls(self) -> "OcppServerConfig":
+        profile = self.security_profile
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "ca_cert": self.ca_cert}
+        if profile is not None:
+            needed = ["tls_cert", "tls_key"] if profile >= 2 else []
+            needed += ["ca_cert"] if profile == 3 else []
+            missing = [k for k in needed if files[k] is None]
+            if missing:
+                raise ValueError(f"security_profile {profile} needs {' and '.join(missing)}")
+            extra = [k for k, v in files.items() if v is not None and k not in needed]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: not used by security_profile {profile}"
+                                 f"{' (plain ws)' if profile < 2 else ''}")
+        elif any(v is not None for v in files.values()):
+            raise ValueError("tls_cert, tls_key and ca_cert need security_profile = 2 or 3")
+        missing_files = [f"{key}: no such file {value!r}" for key, value in files.items()
+                         if value is not None and not Path(value).expanduser().is_file()]
+        if missing_files:
+            raise ValueError(f"{'; '.join(missing_files)} (a relative path is relative to the current directory, "
+                             f"{os.getcwd()})")
+        return self
 
 
 def _host_port(value: str, key: str) -> str:

@@ -20,11 +20,12 @@ from typing import Any, TextIO
 
 from protocols.base import DeviceContext, LinkDown, LinkUp, Telemetry
 from protocols.modbus.link import ModbusBatteryLink
-from protocols.ocpp.central_system import CentralSystem
+from protocols.ocpp.central_system import CentralSystem, is_loopback
 from protocols.ocpp.notifications import ChargerOnline
 from runtime.config.build import device_link, ocpp_options
 from runtime.config.models import BatteryConfig, ChargerConfig, SiteConfig
 from runtime.core.clock import RealClock
+from runtime.core.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,21 @@ def describe(config: SiteConfig, out: TextIO) -> None:
     print(f"  journal: {config.journal.dir} (fsync {config.journal.fsync})", file=out)
     if config.http is not None:
         print(f"  HTTP API and metrics: http://{config.http.listen}", file=out)
+    _warn_unauthenticated_ocpp(config, out)
+
+
+def _warn_unauthenticated_ocpp(config: SiteConfig, out: TextIO) -> None:
+    """A warning line when the central system would listen beyond loopback and authenticate nobody."""
+    try:
+        options = ocpp_options(config)
+    except ConfigurationError:  # reported by the caller (coordinator check exits 2 before describing)
+        return
+    if options is None or options["security_profile"] != 0 or is_loopback(options["host"]):
+        return
+    print(f"  WARNING: the OCPP central system listens on {options['host']}:{options['port']} and authenticates "
+          f"nobody (security profile 0): anyone who reaches it can connect as a configured charge point; "
+          f"set ocpp.password on every charger (profile 1) or use TLS ([ocpp] security_profile = 2 or 3)",
+          file=out)
 
 
 async def _probe_battery(asset: BatteryConfig, loop: asyncio.AbstractEventLoop) -> Probe:
