@@ -1,7 +1,7 @@
 """The layers hold: the import-linter contracts in pyproject.toml pass, and they do catch a violation.
 
 Layers, lowest first: ``runtime.core`` (ground floor) < ``protocols`` < ``actors`` | ``runtime.engine``
-< ``runtime.site`` < service, router, benchmarks, demo, scenarios < ``runtime.cli``; inside
+< ``runtime.site`` < service, router, demo, scenarios < benchmarks < ``runtime.cli``; inside
 ``protocols``, the simulators stand on the protocol families, which stand on ``protocols.base``;
 actors reach devices only through ``protocols.base``; the router never imports actors or the site.
 """
