@@ -15,12 +15,16 @@ battery             SetSocTarget    setpoint   %, charging stops there          
 battery             MinSoc          config_override  %, no discharge below it, for duration_sec  a lease
 charger             SetChargePowerLimit setpoint W, 0..max                                     SET_CHARGE_RATE (kW)
 charger             SetAvailability setpoint   1 operative / 0 inoperative                     CHANGE_AVAILABILITY
+battery             Soc             (read only) %, measured                                    telemetry soc_pct
+battery, charger    ActivePower     (read only) W, measured (battery: > 0 discharge)           telemetry power_kw
 site                schedule        scheduler_control / mode_change  true: follow schedules    a controller
 site                grid_limit      scheduler_control / mode_change  true: enforce the limit   a controller
 site                sync_config / restart_link / report_status  system                         the edge link
 ==================  ==========  =============  ==============================================  ===========
 
-Power values may come in W or kW (``unit``); percentages in %.
+Power values may come in W or kW (``unit``); percentages in %. Read-only channels are published with
+``writable`` false (a command on one is refused); :func:`telemetry_values` names the site's measured
+values after them. :func:`site_channels` lists the site device's channels (controllers, system).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from runtime.core.commands import CommandType
 
 from .wire import Channel, WireError
 
-__all__ = ["SITE_DEVICE", "CONTROLLERS", "SYSTEM_CHANNELS", "device_channels", "to_runtime", "to_kw"]
+__all__ = ["SITE_DEVICE", "CONTROLLERS", "SYSTEM_CHANNELS", "device_channels", "site_channels", "to_runtime",
+           "to_kw", "telemetry_values"]
 
 #: The device id of the site itself (controllers, system commands).
 SITE_DEVICE = "site"
@@ -58,10 +63,37 @@ def device_channels(kind: str, max_charge_kw: float, max_discharge_kw: float) ->
                         description="active power, W; > 0 discharge, < 0 charge"),
                 Channel(name="SetSocTarget", unit="%", min=0, max=100, description="charging stops at this SoC"),
                 Channel(name="MinSoc", unit="%", min=0, max=100, command_type="config_override",
-                        description="no discharge below this SoC, for duration_sec")]
+                        description="no discharge below this SoC, for duration_sec"),
+                Channel(name="Soc", writable=False, unit="%", min=0, max=100,
+                        description="state of charge, measured"),
+                Channel(name="ActivePower", writable=False, unit="W",
+                        description="active power, measured, W; > 0 discharge, < 0 charge")]
     return [Channel(name="SetChargePowerLimit", unit="W", min=0, max=max_charge_kw * 1000,
                     description="charging power limit, W"),
-            Channel(name="SetAvailability", unit=None, min=0, max=1, description="1 operative, 0 inoperative")]
+            Channel(name="SetAvailability", unit=None, min=0, max=1, description="1 operative, 0 inoperative"),
+            Channel(name="ActivePower", writable=False, unit="W", description="charging power, measured, W")]
+
+
+def site_channels() -> list[Channel]:
+    """The channels of the site device (:data:`SITE_DEVICE`): its controllers (true/false, "on"/"off") and the
+    system commands."""
+    return ([Channel(name=name, unit=None, min=0, max=1, command_type="scheduler_control", description=text)
+             for name, text in CONTROLLERS.items()]
+            + [Channel(name=name, unit=None, command_type="system") for name in SYSTEM_CHANNELS])
+
+
+def telemetry_values(kind: str, values: dict[str, float]) -> dict[str, float]:
+    """The site's measured values of a ``kind`` device (``soc_pct``, ``power_kw`` > 0 charging, ...) named after
+    its read-only channels: ``Soc`` (%), ``ActivePower`` (W; a battery's > 0 discharge). Others keep their key."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if key == "soc_pct":
+            out["Soc"] = value
+        elif key == "power_kw":
+            out["ActivePower"] = (-value if kind == "battery" else value) * 1000 + 0.0  # + 0.0: no -0.0
+        else:
+            out[key] = value
+    return out
 
 
 def to_runtime(kind: str, channel: str, value: Any, unit: str | None, limits: tuple[float, float],
