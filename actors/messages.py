@@ -25,7 +25,8 @@ __all__ = [
     "AssetDown", "AssetHealth", "GetCommand", "GetCounts", "Publish", "Subscribe", "Unsubscribe", "Deliver",
     "Ping", "Pong", "DeviceDone", "DeviceReport", "Crashed", "Restart", "GetAssetState", "GetStatus",
     "ListCommands", "GetAssetRef", "AssetMemory", "LinkStarted", "AssetRebooted", "SetController",
-    "GetControllers", "SetParameter",
+    "GetControllers", "SetParameter", "EdgeConnected", "EdgeFrame", "EdgeDisconnected", "EdgeSiteEvent",
+    "EdgeReply", "EdgeTimer", "GetEdgeState",
 ]
 
 
@@ -242,3 +243,52 @@ class Ping:
 class Pong:
     handled: int
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- edge link (the cloud command channel; see actors.edge_link) ---------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EdgeConnected:
+    """A session with the cloud router opened (I/O loop -> edge link): ``conn`` numbers the sessions."""
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeFrame:
+    """A validated frame from the router on session ``conn`` (a protocols.edge.wire model)."""
+    conn: int
+    frame: Any
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeDisconnected:
+    """Session ``conn`` ended (the link reconnects by itself)."""
+    conn: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSiteEvent:
+    """A site event the edge link follows (its commands' lifecycle, telemetry, asset states)."""
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeReply:
+    """The answer to the edge link's ``Request`` number ``token`` (result, or the error the actor raised)."""
+    token: int
+    result: Any
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTimer:
+    """An edge-link timer fired: ``kind`` "expiry", "lease", "telemetry" or "state"; ``key`` says for what."""
+    kind: str
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetEdgeState:
+    """Ask the edge link what it is doing (a dict: connected, ready, last_seq, queued, in_flight, leases,
+    controllers)."""

@@ -40,6 +40,7 @@ import pandas as pd
 import pykka
 
 from actors.dispatcher import DispatcherActor
+from actors.edge_link import EdgeLinkActor, EdgeLinkOptions
 from actors.event_actor import EventActor
 from actors.handlers import Request
 from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetStatus, ListCommands,
@@ -137,6 +138,10 @@ class Site:
         policy, using ``priorities`` (asset id -> int, higher first) for the "priority" policy.
     rng_seed:
         Seeds the jitter of retry delays, so that a run on a virtual clock repeats exactly (scenarios).
+    cloud:
+        The edge link to the cloud command router (:class:`~actors.edge_link.EdgeLinkOptions`, or the site
+        file's ``[cloud]``): started after the other actors, stopped before them; its journal is
+        ``cloud.jnl`` in ``journal_dir``. None: no cloud link.
     """
 
     def __init__(self, assets: Iterable[AssetSpec], *, clock: Clock | None = None,
@@ -145,7 +150,7 @@ class Site:
                  completion_timeout_s: float = 60.0, restart_policy: RestartPolicy | None = None,
                  ocpp: Mapping[str, Any] | None = None, retention_s: float = 3600.0,
                  grid: GridLimit | None = None, priorities: Mapping[str, int] | None = None,
-                 rng_seed: int | None = None) -> None:
+                 rng_seed: int | None = None, cloud: Any | None = None) -> None:
         specs = list(assets)
         seen: set[str] = set()
         for spec in specs:
@@ -177,6 +182,8 @@ class Site:
         if unknown:
             raise ConfigurationError(f"priorities: unknown asset(s) {', '.join(map(repr, unknown))}")
         self._rng_seed = rng_seed
+        self._cloud = EdgeLinkOptions.of(cloud) if cloud is not None else None
+        self._edge: pykka.ActorRef[Any] | None = None
         self._io: IOThread | None = None
         self._services: dict[str, Any] = {}
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
@@ -243,6 +250,11 @@ class Site:
         except pykka.Timeout:
             log.warning("site started, but not every asset reported its health within %g s (a device link whose "
                         "start() does not return); their commands are HELD until they do", ASK_TIMEOUT_S)
+        if self._cloud is not None:
+            self._edge = EdgeLinkActor.start(
+                self._cloud, self._specs, io=self._io, clock=self.clock, dispatcher=self._refs["dispatcher"],
+                supervisor=self._refs["supervisor"], events=self._refs["events"], journal_dir=self._journal_dir,
+                fsync=self._fsync)
         if isinstance(self.clock, VirtualClock):
             self.clock.on_fire = self.settle
             self.settle()
@@ -280,6 +292,12 @@ class Site:
     def _stop(self) -> None:
         if isinstance(self.clock, VirtualClock):
             self.clock.on_fire = None
+        edge, self._edge = self._edge, None
+        if edge is not None:  # first: it talks to the actors below
+            try:
+                edge.stop(block=True, timeout=30)
+            except (pykka.Timeout, pykka.ActorDeadError):
+                log.error("edge link actor did not stop cleanly")
         for name in ("supervisor", "dispatcher", "events"):
             ref = self._refs.pop(name, None)
             if ref is not None:

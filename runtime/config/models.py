@@ -289,11 +289,34 @@ class SourcesConfig(Strict):
 
 
 class CloudConfig(Strict):
-    """The edge link to the cloud command router (the cloud-channel issue)."""
+    """The edge link to the cloud command router (actors.edge_link): one persistent WebSocket, commands
+    journaled in ``cloud.jnl`` beside the site's journal."""
 
     url: Annotated[str, Field(pattern=r"^wss?://")]
     edge_id: Annotated[str, Field(min_length=1)]
+    #: Sent as ``Authorization: Bearer <credential>`` in the WebSocket handshake.
     credential: Annotated[str, Field(min_length=1)]
+    #: Device commands that may wait for their device; one more is rejected "edge_busy".
+    queue_size: Annotated[int, Field(ge=0)] = 100
+    #: Reconnect backoff with full jitter: a delay between 0 and min(max, min * 2**attempt) seconds.
+    reconnect_min_s: Positive = 1.0
+    reconnect_max_s: Positive = 60.0
+    #: WebSocket pings; an unanswered one closes a half-open link (then it reconnects).
+    ping_interval_s: Positive = 20.0
+    ping_timeout_s: Positive = 20.0
+    open_timeout_s: Positive = 10.0
+    #: At most one telemetry frame per device this often; site_state frames at most this often.
+    telemetry_interval_s: NonNegative = 10.0
+    state_interval_s: NonNegative = 1.0
+    #: A command id seen within this window is never executed again (keep it >= the router's command TTL).
+    dedupe_window_s: Positive = 86400.0
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "CloudConfig":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
+                             f"({self.reconnect_min_s})")
+        return self
 
 
 class ShutdownConfig(Strict):

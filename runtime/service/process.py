@@ -115,7 +115,8 @@ class SiteProcess:
         g = config.grid
         grid = GridLimit(import_kw=g.import_limit_kw, export_kw=g.export_limit_kw, policy=g.policy)
         self.site = Site(asset_specs(config, links), clock=self._clock, grid=grid,
-                         priorities={a.id: a.priority for a in config.assets if a.priority}, **options)
+                         priorities={a.id: a.priority for a in config.assets if a.priority}, cloud=config.cloud,
+                         **options)
         self.site.start()
         log.info("site %s running with %d assets (journal %s)", config.site.name, len(config.assets),
                  config.journal.dir)
