@@ -1,0 +1,192 @@
+"""The command store in a SQLite file: the default, for one router instance.
+
+Tables: ``commands`` (one row per command: the command as JSON, edge, seq, state, times, deadline, open flag),
+``edge_seq`` (each edge's last seq) and ``edges`` (what each edge published). Writes go through the shared
+:class:`~runtime.router.sqlite_db.SqliteDb` (group commit at the next loop turn, or at :meth:`flush`).
+
+One router owns the file, so the open commands are also kept in memory (``_open``): an ack or a send then
+needs no read and no JSON parse. Runs on the router's loop thread; every call is short.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protocols.edge.wire import EdgeCommand
+
+from .sqlite_db import SqliteDb
+from .states import FINAL, IN_FLIGHT, QUEUED, TIMED_OUT, CommandRecord, supersede_key
+from .store import PutResult, Store
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY, edge_id TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL,
+    command TEXT NOT NULL, digest TEXT NOT NULL, user TEXT, origin TEXT, dkey TEXT, priority TEXT,
+    command_type TEXT, submitted_at REAL NOT NULL, expires_at REAL NOT NULL, sent_at REAL, deadline REAL,
+    error TEXT, executed_at TEXT, updated_at REAL NOT NULL, sends INTEGER NOT NULL DEFAULT 0,
+    open INTEGER NOT NULL DEFAULT 1);
+CREATE UNIQUE INDEX IF NOT EXISTS commands_edge_seq ON commands (edge_id, seq);
+CREATE INDEX IF NOT EXISTS commands_open ON commands (edge_id, seq) WHERE open = 1;
+CREATE INDEX IF NOT EXISTS commands_final ON commands (updated_at) WHERE open = 0;
+CREATE TABLE IF NOT EXISTS edge_seq (edge_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS edges (edge_id TEXT PRIMARY KEY, info TEXT NOT NULL);
+"""
+_COLUMNS = ("command_id, command, seq, state, user, submitted_at, expires_at, origin, sent_at, deadline, error, "
+            "executed_at, updated_at, sends, digest, open")
+
+
+def _record(row: tuple[Any, ...]) -> CommandRecord:
+    (_, command, seq, state, user, submitted_at, expires_at, origin, sent_at, deadline, error, executed_at,
+     updated_at, sends, digest, is_open) = row
+    rec = CommandRecord(command=EdgeCommand.model_validate_json(command), seq=seq, state=state, user=user or "",
+                        submitted_at=submitted_at, expires_at=expires_at, origin=origin or "", sent_at=sent_at,
+                        deadline=deadline, error=error, executed_at=executed_at, updated_at=updated_at,
+                        sends=sends, digest=digest)
+    rec.extra["open"] = bool(is_open)
+    return rec
+
+
+class SqliteStore(Store):
+    """The SQLite command store (see the module docstring)."""
+
+    def __init__(self, db: SqliteDb) -> None:
+        self.db = db.acquire()
+        self._open: dict[str, CommandRecord] = {}
+        #: edge -> its open commands, in seq order (insertion order: seqs are given in order)
+        self._edge_open: dict[str, dict[str, CommandRecord]] = {}
+        self._seq: dict[str, int] = {}
+
+    async def open(self) -> None:
+        self.db.conn.executescript(_SCHEMA)
+        self._seq = dict(self.db.query("SELECT edge_id, seq FROM edge_seq"))
+        for row in self.db.query(f"SELECT {_COLUMNS} FROM commands WHERE open = 1 ORDER BY edge_id, seq"):
+            self._remember(_record(row))
+
+    def _remember(self, rec: CommandRecord) -> None:
+        self._open[rec.command_id] = rec
+        self._edge_open.setdefault(rec.edge_id, {})[rec.command_id] = rec
+
+    async def put(self, command: EdgeCommand, *, user: str, origin: str, now: float, expires_at: float,
+                  digest: str) -> PutResult:
+        existing = await self.get(command.command_id)
+        if existing is not None:
+            return PutResult("duplicate" if existing.digest == digest else "conflict", existing)
+        edge = command.target.edge_id
+        seq = self._seq.get(edge, 0) + 1
+        self._seq[edge] = seq
+        self.db.execute("INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET "
+                        "seq = excluded.seq", (edge, seq))
+        dkey = supersede_key(command)
+        superseded: list[CommandRecord] = []
+        if command.supersede and command.command_type != "system":
+            for old in list(self._edge_open.get(edge, {}).values()):
+                if (old.state == QUEUED and supersede_key(old.command) == dkey
+                        and old.command.command_type != "system"
+                        and not (old.command.priority == "emergency" and command.priority == "normal")):
+                    rec, changed = await self.transition(
+                        old.command_id, "SUPERSEDED", allowed=frozenset({QUEUED}), now=now, deadline=None,
+                        error=f"superseded by {command.command_id}")
+                    if changed and rec is not None:
+                        superseded.append(rec)
+        rec = CommandRecord(command=command, seq=seq, state=QUEUED, user=user, submitted_at=now,
+                            expires_at=expires_at, origin=origin, deadline=expires_at, updated_at=now,
+                            digest=digest)
+        rec.extra["open"] = True
+        self.db.execute(f"INSERT INTO commands ({_COLUMNS}, edge_id, dkey, priority, command_type) VALUES "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (rec.command_id, command.model_dump_json(exclude_none=True), seq, QUEUED, user, now,
+                         expires_at, origin, None, expires_at, None, None, now, 0, digest, 1, edge, dkey,
+                         command.priority, command.command_type))
+        self._remember(rec)
+        return PutResult("new", rec, superseded)
+
+    async def get(self, command_id: str) -> CommandRecord | None:
+        rec = self._open.get(command_id)
+        if rec is not None:
+            return rec
+        rows = self.db.query(f"SELECT {_COLUMNS} FROM commands WHERE command_id = ?", (command_id,))
+        return _record(rows[0]) if rows else None
+
+    async def transition(self, command_id: str, to: str, *, allowed: frozenset[str], now: float,
+                         deadline: float | None, error: str | None = None, executed_at: str | None = None,
+                         sent: bool = False, close: bool | None = None,
+                         owner: str | None = None) -> tuple[CommandRecord | None, bool]:
+        rec = await self.get(command_id)
+        if rec is None:
+            return None, False
+        if rec.state not in allowed:
+            return rec, False
+        if close is None:
+            close = to in FINAL and to != TIMED_OUT
+        rec.state, rec.deadline, rec.updated_at = to, deadline, now
+        if error is not None:
+            rec.error = error
+        if executed_at is not None:
+            rec.executed_at = executed_at
+        if sent:
+            rec.sent_at = now
+            rec.sends += 1
+        if close:
+            rec.extra["open"] = False
+            self._open.pop(command_id, None)
+            self._edge_open.get(rec.edge_id, {}).pop(command_id, None)
+        self.db.execute("UPDATE commands SET state = ?, deadline = ?, updated_at = ?, error = ?, executed_at = ?, "
+                        "sent_at = ?, sends = ?, open = ? WHERE command_id = ?",
+                        (to, deadline, now, rec.error, rec.executed_at, rec.sent_at, rec.sends,
+                         0 if close else 1, command_id))
+        return rec, True
+
+    def _open_of(self, edge_id: str) -> list[CommandRecord]:
+        return list(self._edge_open.get(edge_id, {}).values())
+
+    async def queued(self, edge_id: str, after_seq: int) -> list[CommandRecord]:
+        return [r for r in self._open_of(edge_id) if r.state == QUEUED and r.seq > after_seq]
+
+    async def resume(self, edge_id: str, last_seq: int) -> tuple[list[int], list[CommandRecord]]:
+        pending, send = [], []
+        for r in self._open_of(edge_id):
+            if r.state == QUEUED or (r.state in IN_FLIGHT and r.seq > last_seq):
+                send.append(r)
+            elif r.seq <= last_seq and (r.state in IN_FLIGHT or r.state == TIMED_OUT):
+                pending.append(r.seq)
+        return pending, send
+
+    async def bump_seq(self, edge_id: str, at_least: int) -> None:
+        if self._seq.get(edge_id, 0) < at_least:
+            self._seq[edge_id] = at_least
+            self.db.execute("INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE "
+                            "SET seq = excluded.seq", (edge_id, at_least))
+
+    async def due(self, now: float, limit: int = 500) -> list[CommandRecord]:
+        found = [r for r in self._open.values() if r.deadline is not None and r.deadline <= now]
+        found.sort(key=lambda r: r.deadline or 0.0)
+        return found[:limit]
+
+    async def extend_in_flight(self, until: float) -> int:
+        count = 0
+        for r in self._open.values():
+            if r.state in IN_FLIGHT and r.deadline is not None and r.deadline < until:
+                r.deadline = until
+                self.db.execute("UPDATE commands SET deadline = ? WHERE command_id = ?", (until, r.command_id))
+                count += 1
+        return count
+
+    async def save_edge(self, edge_id: str, info: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO edges (edge_id, info) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET "
+                        "info = excluded.info", (edge_id, json.dumps(info, separators=(",", ":"))))
+
+    async def load_edges(self) -> dict[str, dict[str, Any]]:
+        return {edge: json.loads(info) for edge, info in self.db.query("SELECT edge_id, info FROM edges")}
+
+    async def purge(self, before: float) -> int:
+        cur = self.db.execute("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))
+        return cur.rowcount
+
+    async def flush(self) -> None:
+        self.db.commit()
+
+    async def close(self) -> None:
+        self.db.release()
