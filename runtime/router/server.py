@@ -1,0 +1,106 @@
+"""Serving the router with uvicorn: in the main thread (``coordinator router``) or on a thread of its own
+(tests, benchmarks).
+
+uvicorn runs the app on its own asyncio loop with the sans-I/O websockets implementation; it pings every
+websocket peer (``[listen] ping_interval_s`` / ``ping_timeout_s``) and closes a link that stops answering.
+:meth:`RouterServer.run` blocks until SIGTERM or SIGINT (uvicorn's handlers: connections get close 1012, the
+lifespan closes the stores) and returns 0. :meth:`RouterServer.start` runs the same on a thread named
+``router-<instance>`` and returns once the port is bound (``port`` then tells which, when 0 was asked);
+:meth:`RouterServer.stop` ends it and joins the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import uvicorn
+
+from .app import create_app
+from .config import RouterConfig
+
+__all__ = ["RouterServer"]
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server with a hook once its sockets are bound (uvicorn has no started event)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.on_started = on_started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
+
+
+class RouterServer:
+    """uvicorn serving one router instance (see the module docstring)."""
+
+    def __init__(self, config: RouterConfig, host: str | None = None, port: int | None = None,
+                 on_started: "Callable[[RouterServer], None] | None" = None) -> None:
+        self.config = config
+        self.host = host or config.listen.host
+        self.requested_port = config.listen.port if port is None else port
+        listen = config.listen
+        self.uvicorn = _Uvicorn(uvicorn.Config(
+            create_app(config), host=self.host, port=self.requested_port, ws="websockets-sansio",
+            ws_ping_interval=listen.ping_interval_s, ws_ping_timeout=listen.ping_timeout_s, ws_max_size=1 << 20,
+            lifespan="on", log_config=None, access_log=False, backlog=listen.backlog, timeout_graceful_shutdown=5,
+            http="h11"), self._started)
+        self._on_started = on_started
+        self._up = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _started(self) -> None:
+        self._up.set()
+        if self._on_started is not None:
+            self._on_started(self)
+
+    @property
+    def port(self) -> int:
+        """The bound port (once started)."""
+        for server in self.uvicorn.servers:
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.requested_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (main thread); 0 when stopped, 1 if uvicorn could not start."""
+        self.uvicorn.run()
+        return 0 if self.uvicorn.started else 1
+
+    def start(self, timeout: float = 15.0) -> "RouterServer":
+        """Serve on a thread of its own; returns once listening (RuntimeError if it did not come up)."""
+        self._thread = threading.Thread(target=self.uvicorn.run, name=f"router-{self.config.instance()}",
+                                        daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._up.wait(0.05):
+            if not self._thread.is_alive():
+                self._thread = None
+                raise RuntimeError("the router did not start (see the log)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the router did not start within {timeout:g} s")
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop serving (graceful: connections closed, stores closed) and join the thread."""
+        self.uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.uvicorn.force_exit = True
+                self._thread.join(timeout)
+            self._thread = None
