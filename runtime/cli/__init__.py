@@ -53,6 +53,9 @@ _COMMANDS = {
     "bench": ("bench", "measure and print performance figures"),
     "run": ("run", "run a configured site as a long-running process (until SIGTERM/SIGINT)"),
     "check": ("check", "validate a site configuration file; --connect also probes each device"),
+    "router": ("router", "run the cloud command router (edges' and operators' websockets, REST, audit)"),
+    "token": ("token", "mint tokens and edge credentials for the router (development and tests)"),
+    "audit": ("audit", "query the router's audit log (table, JSON or CSV)"),
 }
 _SIM_KINDS = {
     "ocpp": ("sim_ocpp", "OCPP charge point simulators (client side)"),
