@@ -142,7 +142,8 @@ async def _probe_chargers(config: SiteConfig, wait_s: float) -> list[Probe]:
         for a in chargers:
             assert a.ocpp is not None
             cp = a.ocpp.charge_point_id
-            address = f"OCPP {cp} -> ws://{options['host']}:{cs.port}/{cp}"
+            scheme = "wss" if options.get("security_profile", 0) >= 2 else "ws"
+            address = f"OCPP {cp} -> {scheme}://{options['host']}:{cs.port}/{cp}"
             if cp in online:
                 rec = cs.charge_point(cp)
                 boot = rec.boot if rec is not None else {}
