@@ -34,6 +34,22 @@ Usage (from the repository root)::
 
 ``--list`` prints the sampled mutants without running them; ``--only ID`` (repeatable) runs just
 those mutants (they need not be in the sample).
+
+The core modules and their own tests (the equivalent lists are ``tests/tools/equivalent/<name>.txt``):
+
+=================================  ==================================================================
+module                             tests
+=================================  ==================================================================
+runtime/core/journal.py            tests/test_journal.py
+runtime/core/schedule.py           tests/test_schedule.py
+runtime/core/statemachine.py       tests/test_statemachine.py
+runtime/core/command_table.py      tests/test_command_table.py
+protocols/modbus/register_map.py   tests/test_modbus_link.py tests/test_modbus_sim.py
+                                   tests/test_modbus_faults.py tests/test_e2e_modbus.py
+                                   tests/test_modbus_site.py (every test file that uses the maps)
+=================================  ==================================================================
+
+Run one module at a time: the module file is rewritten in place while its mutants run.
 """
 
 from __future__ import annotations
