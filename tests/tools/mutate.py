@@ -15,8 +15,8 @@ It parses one module with :mod:`ast`, lists every mutant of these kinds:
 * ``ret``    ``return x`` -> ``return None`` (``return None`` -> ``return True``).
 
 It samples ``--sample`` of them with a fixed ``--seed``, and for each one, one at a time: writes
-the mutant over the module *in place* (the original is kept in memory and in a backup file next to
-nothing else: a temp file whose path is printed), runs the module's tests with a per-mutant timeout,
+the mutant over the module *in place* (the original is kept in memory and in a backup file under
+``$TMPDIR/mutate-backups``), runs the module's tests with a per-mutant timeout,
 and restores the original (in a ``finally``, also on Ctrl-C or SIGTERM; a backup left by a killed
 run is restored at the next start). Byte-code caches of the module are removed around each run and
 ``PYTHONDONTWRITEBYTECODE`` is set, so a mutant can never run from a stale ``.pyc``.
