@@ -21,8 +21,10 @@ and restores the original (in a ``finally``, also on Ctrl-C or SIGTERM; a backup
 run is restored at the next start). Byte-code caches of the module are removed around each run and
 ``PYTHONDONTWRITEBYTECODE`` is set, so a mutant can never run from a stale ``.pyc``.
 
-A mutant is *killed* when the test run fails (any non-zero pytest exit), *timeout* when it runs
-longer than the timeout (counted as detected), *survived* otherwise. Score = (killed + timeout) /
+A mutant is *killed* when the test run fails (any non-zero pytest exit) and, unless ``--no-confirm``,
+the test that failed fails again when re-run alone (a failure that does not reproduce is reported as
+*flaky* and counted as survived: socket tests can fail under load); *timeout* when it runs longer
+than the timeout (counted as detected); *survived* otherwise. Score = (killed + timeout) /
 (sampled - equivalent). ``--equivalent FILE`` lists survivor ids judged equivalent, one per line as
 ``ID  -- reason`` (``#`` starts a comment line); a listed mutant that is killed is reported.
 
@@ -334,7 +336,7 @@ def restore_leftover(module_path: str) -> None:
 @dataclass
 class Result:
     mutant: Mutant
-    outcome: str  # killed | survived | timeout
+    outcome: str  # killed | survived | timeout | flaky (a kill that did not reproduce: counted as survived)
     seconds: float
     detail: str = ""
 
@@ -347,12 +349,14 @@ class Runner:
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
 
-    def command(self) -> list[str]:
-        return [self.python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.tests]
+    confirm: bool = True
 
-    def run_tests(self) -> tuple[str, float, str]:
+    def command(self, tests: list[str] | None = None) -> list[str]:
+        return [self.python, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider", *(tests or self.tests)]
+
+    def run_tests(self, tests: list[str] | None = None) -> tuple[str, float, str]:
         start = time.monotonic()
-        proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(self.command(tests), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **self.env},
                                 start_new_session=True)
         try:
@@ -373,8 +377,9 @@ class Runner:
             raise
         elapsed = time.monotonic() - start
         text = out.decode(errors="replace").strip().splitlines()
-        last = text[-1] if text else ""
-        return ("survived" if proc.returncode == 0 else "killed"), elapsed, last
+        failed = [ln for ln in text if ln.startswith(("FAILED ", "ERROR "))]  # which test noticed the mutant
+        detail = failed[0] if failed else (text[-1] if text else "")
+        return ("survived" if proc.returncode == 0 else "killed"), elapsed, detail
 
     def run_mutant(self, original: str, m: Mutant) -> Result:
         mutated = apply(original, m)
@@ -383,11 +388,26 @@ class Runner:
                 f.write(mutated)
             drop_bytecode(self.module)
             outcome, seconds, detail = self.run_tests()
+            node = failing_test(detail)
+            if outcome == "killed" and self.confirm and node:
+                # A kill counts only if the test that failed fails again on its own: tests that talk to
+                # sockets can fail under load, and such a failure says nothing about the mutant.
+                again, more, _ = self.run_tests([node])
+                seconds += more
+                if again == "survived":
+                    outcome, detail = "flaky", f"{detail} (passed when re-run alone: not counted as a kill)"
         finally:
             with open(self.module, "w", encoding="utf-8") as f:
                 f.write(original)
             drop_bytecode(self.module)
         return Result(m, outcome, seconds, detail)
+
+
+def failing_test(detail: str) -> str | None:
+    """The node id in a pytest summary line ``FAILED tests/x.py::test_y - message`` (None for others)."""
+    if not detail.startswith("FAILED "):
+        return None
+    return detail[len("FAILED "):].split(" - ", 1)[0].strip() or None
 
 
 def read_equivalents(path: str | None) -> dict[str, str]:
@@ -420,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs pytest")
+    p.add_argument("--no-confirm", action="store_true",
+                   help="count every failing run as a kill (default: the failing test must fail again alone)")
     args = p.parse_args(argv)
 
     module = args.module
@@ -445,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module}:{m.line}: {m.description}  [{m.id}]")
         return 0
 
-    runner = Runner(module, args.tests, timeout=args.timeout or 0, python=args.python)
+    runner = Runner(module, args.tests, timeout=args.timeout or 0, python=args.python, confirm=not args.no_confirm)
     runner.timeout = 600
     outcome, clean, detail = runner.run_tests()
     if outcome != "survived":
@@ -482,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
 
     killed = [r for r in results if r.outcome == "killed"]
     timeouts = [r for r in results if r.outcome == "timeout"]
-    survived = [r for r in results if r.outcome == "survived"]
+    survived = [r for r in results if r.outcome in ("survived", "flaky")]
+    flaky = [r for r in results if r.outcome == "flaky"]
     equivalent = [r for r in survived if r.mutant.id in equivalents]
     live = [r for r in survived if r.mutant.id not in equivalents]
     wrongly = [r for r in killed + timeouts if r.mutant.id in equivalents]
@@ -496,13 +519,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mutants:    {len(results)} (seed {args.seed}, of {len(everything)})")
     print(f"killed:     {len(killed)}")
     print(f"timeout:    {len(timeouts)}")
-    print(f"survived:   {len(survived)} ({len(equivalent)} listed as equivalent)")
+    print(f"survived:   {len(survived)} ({len(equivalent)} listed as equivalent, {len(flaky)} after a kill that "
+          f"did not reproduce)")
     print(f"raw score:  {raw:.1f} %")
     print(f"score:      {score:.1f} % (equivalent mutants set aside)")
     if live:
         print("survivors:")
         for r in live:
-            print(f"  {module}:{r.mutant.line}: {r.mutant.description}  [{r.mutant.id}]")
+            print(f"  {module}:{r.mutant.line}: {r.mutant.description}  [{r.mutant.id}]"
+                  + (f"  (flaky: {r.detail})" if r.outcome == "flaky" else ""))
     if equivalent:
         print("equivalent (set aside):")
         for r in equivalent:
@@ -514,10 +539,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"module": module, "tests": args.tests, "seed": args.seed, "sampled": len(results),
-                       "killed": len(killed), "timeout": len(timeouts), "survived": len(survived),
+                       "killed": len(killed), "timeout": len(timeouts), "survived": len(survived), "flaky": len(flaky),
                        "equivalent": len(equivalent), "score": score, "raw_score": raw,
                        "results": [{"id": r.mutant.id, "line": r.mutant.line, "description": r.mutant.description,
-                                    "outcome": r.outcome, "seconds": round(r.seconds, 2)} for r in results]},
+                                    "outcome": r.outcome, "seconds": round(r.seconds, 2), "detail": r.detail}
+                                   for r in results]},
                       f, indent=1)
     return 0
 
