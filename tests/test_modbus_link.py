@@ -625,3 +625,25 @@ def test_sunspec_discovery_checks_the_length_of_every_model_it_uses_and_skips_ve
         bound = await sunspec_map().bind(vendor.read)
         assert dict(bound.model_addresses) == {64001: 40002, 124: 40009}
     run(t)
+
+
+def test_a_status_register_reading_a_non_finite_value_gives_no_status(caplog):
+    mp = RegisterMap.from_config({"writes": {"SET_CHARGE_RATE": {"register": 40001}},
+                                  "reads": {"status": {"register": 40012, "type": "float32", "states": {1: "CHARGING"}}}})
+    assert mp.decode_status({40011: 0x3F80, 40012: 0}) == ("CHARGING", "1")  # float32 1.0
+    assert mp.decode_status({40011: 0x7FC0, 40012: 0}) is None  # NaN: skipped with a warning
+    assert "register 40012 (float32) reads nan" in caplog.text
+
+
+def test_sunspec_map_keeps_its_models_as_a_tuple_and_requires_the_models_its_control_needs():
+    assert sunspec_map(models=[1, 124]).models == (1, 124)
+    with pytest.raises(RegisterMapError, match=r"lack model\(s\) \[124\] needed for control 'storage'"):
+        sunspec_map(models=(1, 701))
+    with pytest.raises(RegisterMapError, match=r"lack model\(s\) \[704\] needed for control 'der'"):
+        sunspec_map(control="der", models=(1, 124))
+
+
+def test_a_sunspec_map_supports_the_rates_and_the_power_limit_only():
+    mp = sunspec_map()
+    assert [ct.value for ct in CommandType if mp.supports(ct)] == ["SET_CHARGE_RATE", "SET_DISCHARGE_RATE",
+                                                                  "SET_POWER_LIMIT"]
