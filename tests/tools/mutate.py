@@ -22,8 +22,9 @@ run is restored at the next start). Byte-code caches of the module are removed a
 ``PYTHONDONTWRITEBYTECODE`` is set, so a mutant can never run from a stale ``.pyc``.
 
 A mutant is *killed* when the test run fails (any non-zero pytest exit) and, unless ``--no-confirm``,
-the test that failed fails again when re-run alone (a failure that does not reproduce is reported as
-*flaky* and counted as survived: socket tests can fail under load); *timeout* when it runs longer
+the test that failed fails again when re-run alone (if it does not, the whole run is repeated, up to
+3 times; a mutant whose kills never reproduce is reported as *flaky* and counted as survived: socket
+tests can fail under load); *timeout* when it runs longer
 than the timeout (counted as detected); *survived* otherwise. Score = (killed + timeout) /
 (sampled - equivalent). ``--equivalent FILE`` lists survivor ids judged equivalent, one per line as
 ``ID  -- reason`` (``#`` starts a comment line); a listed mutant that is killed is reported.
@@ -350,6 +351,7 @@ class Runner:
     env: dict[str, str] = field(default_factory=dict)
 
     confirm: bool = True
+    reruns: int = 3  # full re-runs after kills that do not reproduce, before a mutant counts as flaky
 
     def command(self, tests: list[str] | None = None) -> list[str]:
         return [self.python, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider", *(tests or self.tests)]
@@ -388,14 +390,25 @@ class Runner:
                 f.write(mutated)
             drop_bytecode(self.module)
             outcome, seconds, detail = self.run_tests()
-            node = failing_test(detail)
-            if outcome == "killed" and self.confirm and node:
+            for _ in range(self.reruns):
+                node = failing_test(detail)
+                if outcome != "killed" or not self.confirm or not node:
+                    break
                 # A kill counts only if the test that failed fails again on its own: tests that talk to
-                # sockets can fail under load, and such a failure says nothing about the mutant.
+                # sockets can fail under load, and such a failure says nothing about the mutant. When it
+                # does not, the whole run is repeated (with -x a flaky test may hide a later, real kill).
                 again, more, _ = self.run_tests([node])
                 seconds += more
-                if again == "survived":
-                    outcome, detail = "flaky", f"{detail} (passed when re-run alone: not counted as a kill)"
+                if again != "survived":
+                    break
+                first = detail
+                outcome, more, detail = self.run_tests()
+                seconds += more
+                if outcome == "survived":
+                    outcome, detail = "flaky", f"{first} (passed when re-run alone and in a full re-run)"
+            else:
+                if outcome == "killed" and self.confirm and failing_test(detail):
+                    outcome, detail = "flaky", f"{detail} (kills that never reproduced)"
         finally:
             with open(self.module, "w", encoding="utf-8") as f:
                 f.write(original)
