@@ -647,3 +647,10 @@ def test_a_sunspec_map_supports_the_rates_and_the_power_limit_only():
     mp = sunspec_map()
     assert [ct.value for ct in CommandType if mp.supports(ct)] == ["SET_CHARGE_RATE", "SET_DISCHARGE_RATE",
                                                                   "SET_POWER_LIMIT"]
+
+
+def test_a_sunspec_base_address_must_leave_room_for_the_marker_and_a_model_header():
+    assert sunspec_map(0, models=(124,)).base_address == 0
+    for bad in (65532, -1, True, "40000"):
+        with pytest.raises(RegisterMapError, match=r"base_address: must be a PDU address in 0\.\.65531, got "):
+            sunspec_map(bad)  # type: ignore[arg-type]
