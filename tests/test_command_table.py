@@ -867,3 +867,173 @@ def test_waiting_for_an_unreachable_device_is_not_an_attempt():
     assert t.mark_dispatched("c1", T + 4).command.attempts == 2
     (final,) = t.fail("c1", "device error", T + 5)
     assert final.command.status is S.FAILED                          # and the limit still holds
+
+
+# ------------------------------------------------------- gaps found by mutation testing (tests/tools/mutate.py)
+
+def test_without_a_seed_retry_jitter_differs_between_tables() -> None:
+    policy = RetryPolicy(max_attempts=3, base_delay_s=10.0, factor=2.0, max_delay_s=60.0, jitter=0.5)
+    retry_at = []
+    for _ in range(2):  # two sites restarted together must not retry in lockstep
+        t = CommandTable(retry=policy)
+        dispatched(t, cmd("c1"))
+        retry_at.append(t.fail("c1", "busy", T)[0].retry_at)
+    assert retry_at[0] != retry_at[1]
+
+
+def test_a_command_added_after_a_batch_is_newer_than_its_rows_at_the_same_time_and_priority() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0], ["a1"], [0]), T)
+    t.add([cmd("later", at=0)], T)
+    t.sweep(T)
+    assert status(t, "later") is S.PENDING and status(t, "b-0") is S.SUPERSEDED
+    assert t.get("b-0").last_error == "superseded by later"
+
+
+def test_a_batch_row_dispatched_before_it_is_due_keeps_its_place_in_creation_order() -> None:
+    t = table()
+    t.add([cmd("other", asset="a9"), cmd("older", at=0)], T)               # creation sequence 0, 1
+    t.add_batch(make_batch("b", [0, 0, 0], ["a2", "a3", "a1"], [0, 1, 2]), T)  # rows 2, 3, 4
+    t.mark_dispatched("b-2", T)  # materialized out of order, before the sweep
+    t.sweep(T)
+    assert status(t, "older") is S.SUPERSEDED and t.get("older").last_error == "superseded by b-2"
+    assert status(t, "b-2") is S.DISPATCHED
+
+
+def test_restored_batch_rows_keep_their_creation_order_whatever_order_restore_sees_them_in() -> None:
+    b = make_batch("b", [0], ["a1"], [0])
+    later = cmd("later", at=0)  # created after the batch: newer than its rows
+    t = table()
+    t.add_batch(b, T)
+    t.restore([later, b.command(0).evolve(S.DISPATCHED, attempts=1)], T)
+    t.sweep(T)
+    assert status(t, "b-0") is S.SUPERSEDED and t.get("b-0").last_error == "superseded by later"
+    assert [c.command_id for c in t.due(T)] == ["later"]
+
+
+def test_restore_skips_pruned_batch_rows_and_rows_of_a_pruned_batch() -> None:
+    b = make_batch("b", [0, 10], ["a1", "a2"], [0, 1])
+    t = table()
+    t.add_batch(b, T)
+    t.sweep(T)
+    t.reject("b-0", "x", T)
+    assert t.prune(T + 1) == 1  # b-0 is forgotten; the batch still holds the lazy b-1
+    assert t.restore([b.command(0).evolve(S.REJECTED, last_error="x")], T + 1) == []
+    assert t.get("b-0") is None and len(t) == 1 and t.counts()["PENDING"] == 1
+    t.sweep(T + 10)
+    t.reject("b-1", "x", T + 10)
+    assert t.prune(T + 11) == 1 and len(t) == 0  # the whole batch is dropped now
+    assert t.restore([b.command(1), b.command(1).evolve(S.REJECTED)], T + 11) == []
+    assert t.get("b-1") is None and len(t) == 0 and t.commands() == []
+
+
+def test_final_commands_restored_from_the_journal_can_be_pruned() -> None:
+    b = make_batch("b", [0], ["a2"], [0])
+    t = table()
+    t.add_batch(b, T)
+    t.restore([cmd("done").evolve(S.DISPATCHED).evolve(S.COMPLETED),
+               b.command(0).evolve(S.REJECTED, last_error="x")], T)
+    assert t.prune(T) == 0  # final since T: not older than T
+    assert t.prune(T + 1) == 2 and len(t) == 0 and t.counts()["COMPLETED"] == 0
+    assert t.get("done") is None and t.add([cmd("done")], T + 2) == [] and t.add_batch(b, T + 2) == []
+
+
+def test_a_sweep_after_prune_skips_the_deadlines_of_what_was_pruned() -> None:
+    t = table()
+    t.add([cmd("c1", expires=100), cmd("c2", asset="a2", at=50)], T)
+    t.add_batch(make_batch("b", [10], ["a3"], [0], expires=[100]), T)
+    t.sweep(T)
+    t.reject("c1", "x", T)
+    t.sweep(T + 10)
+    t.reject("b-0", "x", T + 10)
+    assert t.prune(T + 11) == 2
+    assert t.next_deadline() == T + 50  # the pruned commands' expiries are not reported
+    assert edges(t.sweep(T + 100)) == []  # c2 falls due quietly and nothing expires
+    assert status(t, "c2") is S.PENDING and len(t) == 1 and t.next_deadline() is None
+
+
+def test_compaction_keeps_the_live_deadlines_when_only_part_of_the_commands_are_re_armed() -> None:
+    t = table()
+    t.add([cmd(f"c{i}", asset=f"a{i}", expires=10_000 + i) for i in range(300)], T)
+    t.sweep(T)
+    for round_ in range(8):  # only the even assets are held and released: their stale expiries pile up
+        for i in range(0, 300, 2):
+            t.set_available(f"a{i}", False, T + round_)
+            t.set_available(f"a{i}", True, T + round_)
+    assert len(t._heap) < 4 * 300 + 1024
+    assert t.next_deadline() == T + 10_000
+    changes = t.sweep(T + 10_300)
+    assert sorted(c.command.command_id for c in changes) == sorted(f"c{i}" for i in range(300))  # each once
+    assert {c.event for c in changes} == {E.COMMAND_EXPIRED}
+
+
+def test_sweeping_often_between_batch_rows_does_not_pile_up_deadlines() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 3600], ["a1"], [0, 0]), T)
+    for s in range(0, 3600, 2):
+        t.sweep(T + s)
+    assert len(t._heap) <= 2 and t.next_deadline() == T + 3600
+
+
+def test_supersede_future_leaves_batch_rows_materialized_out_of_order_to_their_own_state() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 10, 20, 30], ["a1", "a2"], [0, 0, 0, 1]), T)
+    t.mark_dispatched("b-2", T)  # b-2 is sent before it is due: materialized out of order
+    changes = t.supersede_future(["a1"], T + 20, T)
+    assert edges(changes) == []  # in flight: not a not-yet-dispatched command
+    assert status(t, "b-2") is S.DISPATCHED and t.counts()["SUPERSEDED"] == 0
+    t.fail("b-2", "busy", T + 1)  # now retry-pending (PENDING): superseded once, as a materialized command
+    changes = t.supersede_future(["a1"], T + 20, T + 2)
+    assert edges(changes) == [("b-2", S.PENDING, S.SUPERSEDED, E.COMMAND_SUPERSEDED)]
+    assert t.counts()["SUPERSEDED"] == 1 and t.counts()["PENDING"] == 3 and len(t) == 4
+    assert [c.command_id for c in t.non_final()] == ["b-0", "b-1", "b-3"]
+
+
+def test_non_final_lists_a_batch_row_materialized_out_of_order_once() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 10, 20], ["a1", "a2", "a3"], [0, 1, 2]), T)
+    t.mark_dispatched("b-2", T)
+    assert [c.command_id for c in t.non_final()] == ["b-2", "b-0", "b-1"]
+
+
+def test_a_lazily_superseded_batch_row_cannot_be_dispatched() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 10], ["a1"], [0, 0]), T)
+    t.supersede_future(["a1"], T + 10, T)
+    with pytest.raises(InvalidCommandTransition, match=r"b-1: only a PENDING command can be dispatched, it is "
+                                                         r"final \(superseded or pruned\)"):
+        t.mark_dispatched("b-1", T + 10)
+
+
+def test_an_id_that_merely_looks_like_a_batch_row_is_a_plain_command() -> None:
+    t = table()
+    assert [c.command.command_id for c in t.add([cmd("evening-0")], T)] == ["evening-0"]
+    assert status(t, "evening-0") is S.PENDING and len(t) == 1
+
+
+def test_hold_of_an_in_flight_command_releases_it_at_once_when_its_asset_is_healthy() -> None:
+    t = table()
+    dispatched(t, cmd("c1"))
+    assert edges(t.hold("c1", "link down", T + 1)) == [("c1", S.DISPATCHED, S.HELD, E.COMMAND_HELD),
+                                                       ("c1", S.HELD, S.PENDING, None)]
+    assert [c.command_id for c in t.due(T + 1)] == ["c1"]  # sent again
+    assert t.hold("c1", "again", T + 1) == [] and t.hold("nope", "x", T + 1) == []  # not in flight
+
+
+def test_hold_of_an_in_flight_command_of_an_unavailable_asset_keeps_it_held() -> None:
+    t = table()
+    dispatched(t, cmd("c1"))
+    t.set_available("a1", False, T)
+    assert edges(t.hold("c1", "link down", T + 1)) == [("c1", S.DISPATCHED, S.HELD, E.COMMAND_HELD)]
+    assert t.get("c1").last_error == "link down" and t.due(T + 1) == []
+
+
+def test_a_retry_released_at_its_retry_time_is_due_at_once_and_leaves_no_deadline_behind() -> None:
+    t = table()
+    dispatched(t, cmd("c1"))
+    t.set_available("a1", False, T + 1)
+    [change] = t.fail("c1", "busy", T + 1)
+    assert change.command.status is S.HELD and change.retry_at == T + 2
+    t.set_available("a1", True, T + 2)  # released exactly at its retry time
+    assert [c.command_id for c in t.due(T + 2)] == ["c1"]
+    assert t.next_deadline() is None

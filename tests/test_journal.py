@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import stat
 import struct
 import zlib
 from datetime import datetime, timedelta, timezone
+from enum import Enum
 
 import msgpack
 import numpy as np
@@ -518,3 +521,328 @@ def test_recovered_times_are_tz_aware():
     rec = _cmd("a", expires_at=T0 + timedelta(hours=1)).to_record()
     cmd = recover_records([{"k": "cmd", "c": rec}]).commands["a"]
     assert cmd.scheduled_time == T0 and cmd.expires_at == T0 + timedelta(hours=1)
+
+
+# -- gaps found by mutation testing (tests/tools/mutate.py) -------------------------------------
+
+
+class Colour(Enum):
+    RED = "red"
+
+
+class ShortWrites:
+    """Stands in for the journal's raw file. ``write`` takes at most ``step`` bytes a call (as a raw file
+    may), answers None (would block: nothing written) on its first call if ``none_first``, and gives up
+    after 1000 calls so that a journal that never stops retrying fails instead of hanging."""
+
+    closed = property(lambda self: self.real.closed)
+
+    def __init__(self, real, step: int, none_first: bool = False) -> None:
+        self.real, self.step, self.none_first, self.calls = real, step, none_first, 0
+
+    def write(self, data):
+        self.calls += 1
+        if self.calls > 1000:
+            raise RuntimeError("write called 1000 times")
+        if self.none_first and self.calls == 1:
+            return None
+        return self.real.write(bytes(data[: self.step]))
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_good_record_one_byte_after_mid_file_damage_is_corruption_not_a_torn_tail(tmp_path):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:2])
+    bad = os.path.getsize(path)
+    with open(path, "ab") as f:  # one stray byte, then a whole, valid record
+        f.write(b"\x00" + frame(msgpack.packb(RECORDS[2], use_bin_type=True)))
+    before = path.read_bytes()
+    with pytest.raises(JournalCorrupt) as info:
+        list(Journal.read(path))
+    assert info.value.offset == bad and f"a valid record follows at byte offset {bad + 1}" in str(info.value)
+    with pytest.raises(JournalCorrupt):
+        Journal(path)
+    assert path.read_bytes() == before
+
+
+def test_an_empty_map_record_after_damage_is_a_valid_record_so_the_damage_is_corruption(tmp_path):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:2] + [{}])  # {} packs to a one-byte payload
+    flip(path, offsets(path)[1] + 4)
+    with pytest.raises(JournalCorrupt, match="a valid record follows"):
+        list(Journal.read(path))
+
+
+def test_trailing_bytes_framed_like_records_but_failing_crc_or_decoding_are_still_a_torn_tail(tmp_path, caplog):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS)
+    offs = offsets(path)
+    flip(path, offs[3] + 4)  # the last two records both have a bad CRC ...
+    flip(path, offs[4] + 4)
+    with open(path, "ab") as f:  # ... and after them comes a frame with a good CRC but a map cut short
+        f.write(frame(b"\x81"))
+    size = os.path.getsize(path)
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
+        assert list(Journal.read(path)) == RECORDS[:3]
+    assert f"skipping {size - offs[3]} trailing bytes" in caplog.text
+    with Journal(path) as j:
+        assert j.truncated_bytes == size - offs[3] and j.records_at_open == 3
+    assert os.path.getsize(path) == offs[3]
+
+
+def test_a_non_map_payload_with_a_good_crc_at_the_end_is_a_torn_tail(tmp_path, caplog):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:2])
+    with open(path, "ab") as f:
+        f.write(frame(msgpack.packb([1, 2, 3])))  # valid msgpack, right CRC, but a list
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
+        assert list(Journal.read(path)) == RECORDS[:2]
+    assert "payload is a list, not a map" in caplog.text
+
+
+def test_a_non_map_payload_with_a_good_crc_in_the_middle_is_corruption(tmp_path):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:2])
+    bad = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(frame(msgpack.packb([1, 2, 3])) + frame(msgpack.packb(RECORDS[2], use_bin_type=True)))
+    with pytest.raises(JournalCorrupt, match="payload is a list, not a map") as info:
+        list(Journal.read(path))
+    assert info.value.offset == bad
+
+
+def test_an_existing_empty_file_is_opened_as_a_new_journal_with_a_header(tmp_path):
+    path = tmp_path / "j.journal"
+    path.write_bytes(b"")
+    with Journal(path) as j:
+        assert j.records_at_open == 0 and j.truncated_bytes == 0 and j.size == len(MAGIC)
+        j.append({"a": 1})
+    assert path.read_bytes().startswith(MAGIC)
+    assert list(Journal.read(path)) == [{"a": 1}]
+
+
+def test_reopening_a_journal_without_records_keeps_its_header(tmp_path):
+    path = tmp_path / "j.journal"
+    Journal(path).close()
+    with Journal(path) as j:
+        assert j.truncated_bytes == 0 and j.size == len(MAGIC)
+        j.append({"a": 1})
+    assert list(Journal.read(path)) == [{"a": 1}]
+
+
+def test_a_torn_first_record_is_cut_back_to_the_header(tmp_path):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:1])
+    os.truncate(path, len(MAGIC) + 3)
+    with Journal(path) as j:
+        assert j.truncated_bytes == 3 and j.records_at_open == 0
+        j.append(RECORDS[1])
+    assert list(Journal.read(path)) == [RECORDS[1]]
+
+
+def test_opening_an_intact_journal_changes_nothing_and_costs_no_fsync(tmp_path, fsyncs):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS)
+    before = path.read_bytes()
+    fsyncs.clear()
+    with Journal(path, fsync="batch") as j:
+        assert j.truncated_bytes == 0 and j.records_at_open == len(RECORDS) and j.size == len(before)
+    assert fsyncs == [] and path.read_bytes() == before
+
+
+def test_creating_a_journal_makes_its_header_and_its_directory_entry_durable(tmp_path, fsyncs, monkeypatch):
+    opened: list[tuple[str, int]] = []
+    real_open = os.open
+
+    def spy(p, flags, *args, **kwargs):
+        fd = real_open(p, flags, *args, **kwargs)
+        opened.append((os.fspath(p), fd))
+        return fd
+
+    monkeypatch.setattr(journal_mod.os, "open", spy)
+    with Journal(tmp_path / "j.journal", fsync="batch") as j:
+        directory = [fd for p, fd in opened if p == str(tmp_path)]
+        assert len(directory) == 1  # the journal's own directory, not the current one
+        assert fsyncs == [j._f.fileno(), directory[0]]  # the file (with its header), then the directory
+
+
+def test_datetimes_enums_and_sets_are_stored_as_plain_values(tmp_path):
+    path = tmp_path / "j.journal"
+    when = datetime(2025, 1, 1, 12, 30, tzinfo=timezone.utc)
+    with Journal(path) as j:
+        j.append({"at": when, "colour": Colour.RED, "pair": (1, 2), "set": {3}, "frozen": frozenset({4})})
+    assert list(Journal.read(path)) == [{"at": "2025-01-01T12:30:00+00:00", "colour": "red", "pair": [1, 2],
+                                         "set": [3], "frozen": [4]}]
+
+
+def test_a_record_too_large_for_the_length_field_is_refused_before_anything_is_written(tmp_path):
+    class Huge(bytes):
+        def __len__(self) -> int:
+            return 2**32  # one more byte than a u32 length can say
+
+    class HugePacker:
+        def pack(self, record):
+            return Huge(b"\x80")
+
+    path = tmp_path / "j.journal"
+    with Journal(path) as j:
+        j._packer = HugePacker()
+        with pytest.raises(ValueError, match="journal record too large"):
+            j.append({"a": 1})
+        with pytest.raises(ValueError, match="journal record too large"):
+            j.append_many([{"a": 1}])
+    assert path.read_bytes() == MAGIC
+
+
+def test_a_closed_journal_refuses_appends_and_syncs_naming_its_path(tmp_path):
+    path = tmp_path / "j.journal"
+    j = Journal(path)
+    j.close()
+    for call in (lambda: j.append({"a": 1}), lambda: j.append_many([{"a": 1}]), j.sync):
+        with pytest.raises(ValueError, match=rf"journal {re.escape(str(path))} is closed"):
+            call()
+    assert path.read_bytes() == MAGIC
+
+
+def test_close_after_a_failed_final_fsync_is_still_idempotent(tmp_path, monkeypatch):
+    j = Journal(tmp_path / "j.journal", fsync="batch")
+    j.append({"a": 1})
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal_mod.os, "fsync", failing)
+    with pytest.raises(OSError):
+        j.close()
+    assert j.closed
+    j.close()  # a second close (say, in a finally) neither fsyncs a closed file nor raises
+
+
+def test_a_with_block_closes_the_journal_and_repr_shows_its_size_or_closed(tmp_path):
+    path = tmp_path / "j.journal"
+    with Journal(path, fsync="never") as j:
+        j.append({"a": 1})
+        assert repr(j) == f"<Journal {path} fsync=never {os.path.getsize(path)} bytes>"
+    assert j.closed
+    assert repr(j) == f"<Journal {path} fsync=never closed>"
+
+
+def test_partial_writes_are_continued_until_the_whole_record_is_written(tmp_path):
+    path = tmp_path / "j.journal"
+    with Journal(path) as j:
+        real = j._f
+        j._f = short = ShortWrites(real, step=7, none_first=True)
+        j.append(RECORDS[3])
+        j.append_many(RECORDS[:2])
+        j._f = real
+        assert j.size == os.path.getsize(path)
+    assert short.calls > 3
+    assert list(Journal.read(path)) == [RECORDS[3]] + RECORDS[:2]
+
+
+def test_a_write_that_makes_no_progress_fails_and_the_journal_stays_valid(tmp_path):
+    path = tmp_path / "j.journal"
+    with Journal(path) as j:
+        j.append({"n": 1})
+        real = j._f
+        j._f = ShortWrites(real, step=0)
+        with pytest.raises(OSError, match="write made no progress"):
+            j.append({"n": 2})
+        j._f = real
+        j.append({"n": 3})
+    assert list(Journal.read(path)) == [{"n": 1}, {"n": 3}]
+
+
+def test_a_journal_that_cannot_cut_back_a_failed_write_closes_itself(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "j.journal"
+    j = Journal(path)
+    j.append({"n": 1})
+    real = j._f
+
+    class DiskFull:
+        closed = property(lambda self: real.closed)
+
+        def write(self, data):
+            real.write(bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    def no_truncate(fd, size):
+        raise OSError(5, "Input/output error")
+
+    j._f = DiskFull()
+    monkeypatch.setattr(journal_mod.os, "ftruncate", no_truncate)
+    with caplog.at_level(logging.ERROR, logger="runtime.core.journal"):
+        with pytest.raises(OSError, match="No space"):
+            j.append({"n": 2, "pad": "x" * 100})
+    assert j.closed and "could not truncate after a failed write" in caplog.text
+    with pytest.raises(ValueError, match="is closed"):  # nothing can land after the fragment
+        j.append({"n": 3})
+    monkeypatch.undo()
+    assert list(Journal.read(path)) == [{"n": 1}]  # the fragment reads as a torn tail
+
+
+def test_compaction_of_more_than_one_mib_is_written_in_chunks_of_about_one_mib(tmp_path, monkeypatch):
+    path = tmp_path / "j.journal"
+    records = [{"n": i, "pad": b"x" * 1000} for i in range(3500)]  # about 3.4 MiB
+    sizes: list[int] = []
+    real_fdopen = os.fdopen
+
+    class Recorder:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def write(self, data):
+            sizes.append(len(data))
+            return self.f.write(data)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(journal_mod.os, "fdopen", lambda fd, *a, **kw: Recorder(real_fdopen(fd, *a, **kw)))
+    Journal.compact(path, records)
+    monkeypatch.undo()
+    assert list(Journal.read(path)) == records
+    assert sum(sizes) == os.path.getsize(path)
+    record_size = len(path.read_bytes()) // len(records) + 1
+    assert len(sizes) == 4  # three full chunks and the rest: memory stays bounded, writes stay few
+    assert all((1 << 20) <= s < (1 << 20) + record_size for s in sizes[:-1]) and sizes[-1] < (1 << 20)
+
+
+def test_compaction_fsyncs_the_temp_file_after_every_byte_reached_it(tmp_path, monkeypatch):
+    path = tmp_path / "j.journal"
+    sizes_at_fsync: list[int] = []
+    real = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            sizes_at_fsync.append(st.st_size)
+        real(fd)
+
+    monkeypatch.setattr(journal_mod.os, "fsync", fsync)
+    Journal.compact(path, RECORDS)
+    assert sizes_at_fsync == [os.path.getsize(path)]
+
+
+def test_a_journal_cut_short_while_it_is_read_ends_at_its_last_whole_record(tmp_path, caplog):
+    path = tmp_path / "j.journal"
+    big = [{"n": i, "pad": b"x" * 100_000} for i in range(3)]
+    write(path, big)
+    offs = offsets(path)
+    reader = Journal.read(path)
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
+        assert next(reader) == big[0]
+        os.truncate(path, offs[1] + 5000)  # someone cuts the file while it is being read
+        assert list(reader) == []
+    assert "truncated payload" in caplog.text

@@ -7,6 +7,7 @@ Every test runs its own event loop (``run``), checks that no task is left on it,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 from typing import Any, Awaitable, Callable
 
@@ -15,7 +16,9 @@ from pyModbusTCP.client import ModbusClient
 
 from protocols.base import DeviceContext, LinkDown, LinkUp, Outcome, Telemetry
 from protocols.modbus import ModbusBatteryLink, RegisterMap, RegisterMapError, sunspec_map
-from protocols.modbus.register_map import sunspec_model_points
+from protocols.modbus.codec import RegisterSpec
+from protocols.modbus.register_map import (PointWrite, SunSpecMap, WriteBlock, load_register_map, merge_reads,
+                                          merge_writes, sunspec_model_points)
 from protocols.sim.battery import BatterySim
 from runtime.core.clock import VirtualClock
 from runtime.core.commands import Command, CommandType, new_command_id
@@ -381,3 +384,274 @@ def test_register_maps_as_data():
     assert sunspec_model_points(704)[1]["WSet"].size == 2
     m = sunspec_map()
     assert m.model_addresses[1] == 40002 and m.address(124, "InWRte") == m.model_addresses[124] + 13
+
+
+# ------------------------------------------------- register maps: gaps found by mutation testing (tests/tools/mutate.py)
+# Plain unit tests of the maps (no sockets): a map turns a command and a register image into write plans.
+
+def _pw(register: int, words: int = 1) -> PointWrite:
+    spec = RegisterSpec(register, "uint32" if words == 2 else "uint16", 1.0)
+    return PointWrite.of(f"r{register}", spec, 1)
+
+
+def _blocks(blocks: list[WriteBlock]) -> list[tuple[int, int]]:
+    return [(b.address + 1, len(b.words)) for b in blocks]  # (first register, count)
+
+
+def test_merge_writes_keeps_plan_order_unless_asked_to_reorder():
+    assert _blocks(merge_writes([_pw(11), _pw(10)])) == [(11, 1), (10, 1)]
+    assert _blocks(merge_writes([_pw(11), _pw(10)], reorder=True)) == [(10, 2)]
+    assert _blocks(merge_writes([_pw(10, 2), _pw(12)])) == [(10, 3)]
+
+
+def test_merge_writes_reorders_only_points_that_form_one_contiguous_range():
+    assert _blocks(merge_writes([_pw(20), _pw(10)], reorder=True)) == [(20, 1), (10, 1)]
+    assert _blocks(merge_writes([_pw(12), _pw(10), _pw(11)], reorder=True)) == [(10, 3)]
+
+
+def test_merge_reads_merges_overlapping_and_touching_ranges_up_to_125_registers():
+    assert merge_reads([(10, 5), (11, 2)]) == [(10, 5)]  # a range inside another
+    assert merge_reads([(11, 3), (10, 2), (14, 1)]) == [(10, 5)]
+    assert merge_reads([(10, 2), (13, 1)]) == [(10, 2), (13, 1)]  # a gap is never read
+    assert merge_reads([(0, 100), (90, 50)]) == [(0, 100), (90, 50)]  # merged, it would be 140 registers
+    assert merge_reads([(0, 100), (90, 35)]) == [(0, 125)]
+
+
+def test_a_register_map_is_immutable_and_compared_by_identity():
+    d = RegisterMap.default()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.name = "x"  # type: ignore[misc]
+    assert d == d and d != RegisterMap.default() and len({d, RegisterMap.default()}) == 2
+
+
+def test_register_map_config_errors_for_tables_states_overlaps_and_flags():
+    cases = [
+        ({"writes": {"SET_CHARGE_RATE": 40001}}, "writes.SET_CHARGE_RATE: must be a table with register/type/scale/word_order, got 40001"),
+        ({"writes": {"SET_CHARGE_RATE": {"register": 40001}}, "exclusive_rates": "yes"},
+         "exclusive_rates: must be true or false, got 'yes'"),
+        ({"writes": {"SET_CHARGE_RATE": {"register": 40001}},
+          "reads": {"status": {"register": 40012, "states": {"one": "IDLE"}}}}, "reads.status.states: key 'one' is not an integer"),
+        ({"writes": {"SET_CHARGE_RATE": {"register": 40001}}, "reads": {"soc_pct": {"register": 40001}}},
+         "reads.soc_pct and writes.SET_CHARGE_RATE both use register 40001"),
+        ({"writes": {"SET_CHARGE_RATE": {"register": 40001}},
+          "reads": {"soc_pct": {"register": 40010}, "status": {"register": 40010, "states": {0: "IDLE"}}}},
+         "reads.status and reads.soc_pct both use register 40010"),
+        ({"profile": "sunspec", "discover": "yes"}, "discover: must be true or false, got 'yes'"),
+    ]
+    for cfg, message in cases:
+        with pytest.raises(RegisterMapError) as e:
+            RegisterMap.from_config(cfg)
+        assert message in str(e.value), (cfg, str(e.value))
+
+
+def test_load_register_map_accepts_names_tables_and_maps_and_refuses_anything_else():
+    mp = RegisterMap.from_config(CUSTOM)
+    assert load_register_map(None).name == "default" and load_register_map("default").name == "default"
+    assert isinstance(load_register_map("sunspec"), SunSpecMap) and load_register_map(mp) is mp
+    assert load_register_map(CUSTOM).name == "vendor-x"
+    with pytest.raises(RegisterMapError, match="expected 'default', 'sunspec', a table or a map, got 42"):
+        load_register_map(42)  # type: ignore[arg-type]
+
+
+def test_a_plain_map_supports_exactly_its_write_points_and_has_no_status_without_one():
+    mp = RegisterMap.from_config(CUSTOM)
+    assert mp.supports(CommandType.SET_CHARGE_RATE) is True and mp.supports(CommandType.SET_SOC_TARGET) is False
+    assert mp.decode_status({}) is None
+
+
+def test_any_positive_rate_zeroes_the_opposite_rate_but_a_zero_rate_or_exclusive_false_does_not():
+    d = RegisterMap.default()
+    plan = d.plan(CommandType.SET_CHARGE_RATE, 0.5, {})
+    assert [(p.point, p.value) for p in plan] == [("SET_DISCHARGE_RATE", 0.0), ("SET_CHARGE_RATE", 0.5)]
+    assert [p.point for p in d.plan(CommandType.SET_CHARGE_RATE, 0, {})] == ["SET_CHARGE_RATE"]
+    free = RegisterMap.from_config({"exclusive_rates": False, "writes": {"SET_CHARGE_RATE": {"register": 40001},
+                                                                        "SET_DISCHARGE_RATE": {"register": 40002}}})
+    assert [p.point for p in free.plan(CommandType.SET_CHARGE_RATE, 20, {})] == ["SET_CHARGE_RATE"]
+
+
+# -- SunSpec maps on a register image
+
+
+def sunspec_image(mp: SunSpecMap, points: dict[tuple[int, str], int]) -> dict[int, int]:
+    """Every register of the map's models, zero, except ``points``: (model, point) -> raw integer."""
+    image: dict[int, int] = {}
+    for model in mp.model_addresses:
+        addr, count = mp.model_range(model)
+        image.update(dict.fromkeys(range(addr, addr + count), 0))
+    for (model, name), raw in points.items():
+        size = mp.point(model, name).size
+        unsigned = raw & ((1 << (16 * size)) - 1)
+        for k in range(size):
+            image[mp.address(model, name) + k] = (unsigned >> (16 * (size - 1 - k))) & 0xFFFF
+    return image
+
+
+STORAGE = {(124, "WChaMax"): 5000, (124, "WChaMax_SF"): 1, (124, "InOutWRte_SF"): -2}  # 50 kW, rates in 0.01 %
+
+
+def _plan(mp: SunSpecMap, ct: str, value: float, points: dict[tuple[int, str], int]) -> list[tuple[str, float]]:
+    return [(p.point, p.value) for p in mp.plan(CommandType(ct), value, sunspec_image(mp, points))]
+
+
+def test_sunspec_storage_discharge_writes_outwrte_as_a_percentage_and_the_discharge_mode():
+    mp = sunspec_map(discover=False, revert_s=60)
+    assert _plan(mp, "SET_DISCHARGE_RATE", 10, STORAGE) == [
+        ("124.OutWRte", 20.0), ("124.InWRte", 0.0), ("124.InOutWRte_WinTms", 0.0), ("124.InOutWRte_RvrtTms", 60.0),
+        ("124.StorCtl_Mod", 2.0)]
+
+
+def test_sunspec_storage_zero_rate_clears_only_its_own_direction():
+    mp = sunspec_map(discover=False)
+    both = {**STORAGE, (124, "StorCtl_Mod"): 3}
+    assert _plan(mp, "SET_CHARGE_RATE", 0, both) == [("124.InWRte", 0.0), ("124.StorCtl_Mod", 2.0)]
+    assert _plan(mp, "SET_DISCHARGE_RATE", 0, both) == [("124.OutWRte", 0.0), ("124.StorCtl_Mod", 1.0)]
+    charging = {**STORAGE, (124, "StorCtl_Mod"): 1}
+    assert _plan(mp, "SET_DISCHARGE_RATE", 0, charging) == [("124.OutWRte", 0.0), ("124.StorCtl_Mod", 1.0)]
+    unimplemented = {**STORAGE, (124, "StorCtl_Mod"): 0xFFFF}  # bitfield16 "not implemented": no bit is set
+    assert _plan(mp, "SET_CHARGE_RATE", 0, unimplemented) == [("124.InWRte", 0.0), ("124.StorCtl_Mod", 0.0)]
+
+
+def test_sunspec_storage_rate_with_a_zero_wchamax_is_refused():
+    mp = sunspec_map(discover=False)
+    with pytest.raises(RegisterMapError, match="124.WChaMax is 0 W: cannot express 5 kW as a percentage"):
+        _plan(mp, "SET_CHARGE_RATE", 5, {**STORAGE, (124, "WChaMax"): 0})
+
+
+def test_sunspec_der_rates_write_the_revert_timer_then_one_signed_wset_in_watts():
+    mp = sunspec_map(control="der", revert_s=30, discover=False)
+    assert _plan(mp, "SET_CHARGE_RATE", 15, {}) == [
+        ("704.WSetRvrtTms", 30.0), ("704.WSetEna", 1.0), ("704.WSetMod", 1.0), ("704.WSet", -15000.0)]
+    image = sunspec_image(mp, {(704, "WSet_SF"): 1})
+    plan = mp.plan(CommandType.SET_DISCHARGE_RATE, 20, image)
+    assert (plan[-1].point, plan[-1].value, plan[-1].words) == ("704.WSet", 20000.0, (0, 2000))  # raw = W / 10^1
+    blocks = mp.blocks(CommandType.SET_DISCHARGE_RATE, 20, image)
+    assert [[p.point for p in b.points] for b in blocks] == [["704.WSetRvrtTms"], ["704.WSetEna", "704.WSetMod", "704.WSet"]]
+
+
+def test_sunspec_der_zero_rate_stops_only_its_own_direction():
+    mp = sunspec_map(control="der", discover=False)
+    charging = {(704, "WSetEna"): 1, (704, "WSet"): -15000}
+    assert _plan(mp, "SET_DISCHARGE_RATE", 0, charging) == []  # charging goes on
+    assert _plan(mp, "SET_CHARGE_RATE", 0, charging)[-1] == ("704.WSet", 0.0)  # stops charging
+    discharging = {(704, "WSetEna"): 1, (704, "WSet"): 20000}
+    assert _plan(mp, "SET_CHARGE_RATE", 0, discharging) == []
+    assert _plan(mp, "SET_DISCHARGE_RATE", 0, discharging)[-1] == ("704.WSet", 0.0)
+    disabled = {(704, "WSetEna"): 0, (704, "WSet"): 20000}  # WSet not in force: a zero is written
+    assert _plan(mp, "SET_CHARGE_RATE", 0, disabled)[-1] == ("704.WSet", 0.0)
+
+
+def test_sunspec_der_setup_reads_cover_model_124_and_the_current_wset():
+    mp = sunspec_map(control="der", discover=False)
+    reads = mp.setup_reads(CommandType.SET_CHARGE_RATE)
+    for name in ("WSetEna", "WSet", "WSet_SF"):
+        addr, size = mp.address(704, name), mp.point(704, name).size
+        assert any(a <= addr and addr + size <= a + c for a, c in reads), name
+    assert mp.model_range(124) in reads and mp.setup_reads(CommandType.SET_POWER_LIMIT) == [mp.model_range(124)]
+
+
+def test_sunspec_raw_values_read_not_implemented_as_none_and_apply_twos_complement():
+    mp = sunspec_map(discover=False)
+    assert mp.raw(sunspec_image(mp, {(704, "WSet"): -15000}), 704, "WSet") == -15000
+    assert mp.raw(sunspec_image(mp, {(704, "WSet"): 0x80000000}), 704, "WSet") is None  # int32 "not implemented"
+    assert mp.raw(sunspec_image(mp, {(701, "W"): 0x8000}), 701, "W") is None  # int16 "not implemented"
+    assert mp.raw(sunspec_image(mp, {(701, "W"): 0x8001}), 701, "W") == -32767
+
+
+def test_sunspec_telemetry_leaves_out_points_the_device_does_not_implement():
+    mp = sunspec_map(discover=False)
+    ok = {(124, "ChaState"): 425, (124, "ChaState_SF"): -1, (701, "W"): -150, (701, "W_SF"): 2}
+    assert mp.decode_telemetry(sunspec_image(mp, ok)) == {"soc_pct": 42.5, "power_kw": 15.0}
+    assert mp.decode_telemetry(sunspec_image(mp, {**ok, (701, "W"): 0x8000})) == {"soc_pct": 42.5}
+    assert mp.decode_telemetry(sunspec_image(mp, {**ok, (124, "ChaState_SF"): 0x8000})) == {"power_kw": 15.0}
+    assert mp.decode_telemetry(sunspec_image(mp, {**ok, (124, "ChaState"): 0xFFFF})) == {"power_kw": 15.0}
+
+
+def test_sunspec_scale_factors_from_minus_10_to_10_are_accepted_and_others_refused():
+    mp = sunspec_map(discover=False)
+    for sf in (-10, 0, 10):
+        assert mp.sf(sunspec_image(mp, {(124, "WChaMax_SF"): sf}), 124, "WChaMax_SF") == sf
+    for raw in (11, -11, 0x8000):
+        with pytest.raises(RegisterMapError, match="124.WChaMax_SF is not implemented or invalid"):
+            mp.sf(sunspec_image(mp, {(124, "WChaMax_SF"): raw}), 124, "WChaMax_SF")
+
+
+def test_sunspec_models_may_end_exactly_at_the_top_of_the_address_space():
+    layout = sunspec_map(discover=False).model_addresses  # at base 40000
+    span = layout[704] + 2 + sunspec_model_points(704)[0] + 2 - 40000  # "SunS" up to the end marker
+    top = 0x10000 - span
+    assert sunspec_map(top).base_address == top
+    with pytest.raises(RegisterMapError, match=f"do not fit above base address {top + 1}"):
+        sunspec_map(top + 1)
+
+
+class FakeDevice:
+    """Holding registers for bind(): a SunSpec chain laid out from ``base``; reads past 0xFFFF fail the test."""
+
+    def __init__(self, base: int, models: list[tuple[int, int]], end_marker: bool = True) -> None:
+        self.mem = {base: 0x5375, base + 1: 0x6E53}
+        addr = base + 2
+        for mid, length in models:
+            self.mem[addr], self.mem[addr + 1] = mid, length
+            addr += 2 + length
+        if end_marker:
+            self.mem[addr] = 0xFFFF
+        self.reads: list[tuple[int, int]] = []
+
+    async def read(self, addr: int, count: int) -> list[int]:
+        assert addr + count <= 0x10000, f"read of {count} registers at {addr} runs past the last register"
+        self.reads.append((addr, count))
+        return [self.mem.get(a, 0) for a in range(addr, addr + count)]
+
+
+def test_sunspec_discovery_stops_at_the_top_of_the_address_space():
+    length = sunspec_model_points(124)[0] + 1  # a device may implement a longer model
+    base = 0xFFFF - 4 - length  # model 124 ends right below the last register, with no end marker after it
+    device = FakeDevice(base, [(124, length)], end_marker=False)
+
+    async def t() -> None:
+        bound = await sunspec_map(base, models=(124,)).bind(device.read)
+        assert dict(bound.model_addresses) == {124: base + 2}
+    run(t)
+
+
+def test_sunspec_discovery_checks_the_length_of_every_model_it_uses_and_skips_vendor_models():
+    full = sunspec_model_points(124)[0]
+
+    async def t() -> None:
+        short_common = FakeDevice(40000, [(1, 10), (124, full)])
+        with pytest.raises(RegisterMapError, match="SunSpec model 1 at register 40003 has length 10, "
+                                                   "pysunspec2's definition needs 66"):
+            await sunspec_map().bind(short_common.read)
+        vendor = FakeDevice(40000, [(64001, 5), (124, full)])  # a model pysunspec2 does not know: skipped
+        bound = await sunspec_map().bind(vendor.read)
+        assert dict(bound.model_addresses) == {64001: 40002, 124: 40009}
+    run(t)
+
+
+def test_a_status_register_reading_a_non_finite_value_gives_no_status(caplog):
+    mp = RegisterMap.from_config({"writes": {"SET_CHARGE_RATE": {"register": 40001}},
+                                  "reads": {"status": {"register": 40012, "type": "float32", "states": {1: "CHARGING"}}}})
+    assert mp.decode_status({40011: 0x3F80, 40012: 0}) == ("CHARGING", "1")  # float32 1.0
+    assert mp.decode_status({40011: 0x7FC0, 40012: 0}) is None  # NaN: skipped with a warning
+    assert "register 40012 (float32) reads nan" in caplog.text
+
+
+def test_sunspec_map_keeps_its_models_as_a_tuple_and_requires_the_models_its_control_needs():
+    assert sunspec_map(models=[1, 124]).models == (1, 124)
+    with pytest.raises(RegisterMapError, match=r"lack model\(s\) \[124\] needed for control 'storage'"):
+        sunspec_map(models=(1, 701))
+    with pytest.raises(RegisterMapError, match=r"lack model\(s\) \[704\] needed for control 'der'"):
+        sunspec_map(control="der", models=(1, 124))
+
+
+def test_a_sunspec_map_supports_the_rates_and_the_power_limit_only():
+    mp = sunspec_map()
+    assert [ct.value for ct in CommandType if mp.supports(ct)] == ["SET_CHARGE_RATE", "SET_DISCHARGE_RATE",
+                                                                  "SET_POWER_LIMIT"]
+
+
+def test_a_sunspec_base_address_must_leave_room_for_the_marker_and_a_model_header():
+    assert sunspec_map(0, models=(124,)).base_address == 0
+    for bad in (65532, -1, True, "40000"):
+        with pytest.raises(RegisterMapError, match=r"base_address: must be a PDU address in 0\.\.65531, got "):
+            sunspec_map(bad)  # type: ignore[arg-type]

@@ -349,3 +349,68 @@ def test_the_first_bad_cell_in_row_major_order_is_reported():
     df = frame({"ev_1_kw": [1.0, 1.0, -1.0], "ev_2_kw": [1.0, -2.0, 1.0]})
     with pytest.raises(ScheduleError, match="column 'ev_2_kw' row 2026-01-01 00:05:00"):
         schedule_to_commands(df)
+
+
+# ------------------------------------------------------- gaps found by mutation testing (tests/tools/mutate.py)
+
+def test_minus_half_a_kilowatt_is_rejected_as_negative_not_rounded_away_as_noise():
+    with pytest.raises(ScheduleError) as e:
+        schedule_to_commands(frame({"ev_1_kw": [1.0, -0.5]}))
+    assert str(e.value) == "column 'ev_1_kw' row 2026-01-01 00:05:00+00:00: value -0.5 is negative"
+
+
+def test_a_soc_target_of_exactly_100_percent_is_accepted():
+    batch = schedule_to_commands(frame({"battery_soc_target_pct": [90.0, 100.0]}))
+    assert [(c.command_type, c.value) for c in batch] == [(CommandType.SET_SOC_TARGET, 90.0),
+                                                        (CommandType.SET_SOC_TARGET, 100.0)]
+
+
+def test_a_two_row_index_with_a_duplicate_timestamp_is_rejected():
+    idx = pd.DatetimeIndex([T0, T0])
+    with pytest.raises(ScheduleError, match=r"index row 2026-01-01 00:00:00\+00:00: duplicate timestamp"):
+        schedule_to_commands(pd.DataFrame({"ev_1_kw": [1.0, 2.0]}, index=idx))
+
+
+def test_a_two_row_index_in_reverse_order_is_rejected():
+    idx = pd.DatetimeIndex([T0 + pd.Timedelta(minutes=5), T0])
+    with pytest.raises(ScheduleError, match=r"index row 2026-01-01 00:00:00\+00:00: timestamps are not sorted "
+                                            r"\(it comes after 2026-01-01 00:05:00\+00:00\)"):
+        schedule_to_commands(pd.DataFrame({"ev_1_kw": [1.0, 2.0]}, index=idx))
+
+
+def test_the_last_command_of_a_two_row_schedule_expires_one_interval_after_the_last_row():
+    batch = schedule_to_commands(frame({"ev_1_kw": [1.0, 2.0]}, freq="15min"))
+    assert [c.expires_at.timestamp() for c in batch] == [at(15), at(30)]
+
+
+def test_commands_get_priority_0_and_source_schedule_by_default():
+    c = schedule_to_commands(frame({"ev_1_kw": [1.0]}))[0]
+    assert (c.priority, c.source) == (0, "schedule")
+
+
+def test_sub_second_timestamps_are_kept_exactly():
+    idx = pd.DatetimeIndex([T0 + pd.Timedelta(milliseconds=250), T0 + pd.Timedelta(milliseconds=750)])
+    batch = schedule_to_commands(pd.DataFrame({"ev_1_kw": [1.0, 2.0]}, index=idx))
+    assert [c.scheduled_time.timestamp() for c in batch] == [at(0) + 0.25, at(0) + 0.75]
+    assert batch[1].expires_at.timestamp() == at(0) + 1.25
+
+
+def test_a_text_column_is_rejected_even_beside_float_int_and_unsigned_columns():
+    df = frame({"ev_1_kw": [1.0, 2.0], "ev_2_kw": [1, 2], "ev_3_kw": np.array([1, 2], dtype=np.uint32),
+                "ev_4_kw": [1.0, "7kW"]})
+    with pytest.raises(ScheduleError, match=r"column 'ev_4_kw': row 2026-01-01 00:05:00\+00:00: value '7kW' is not a number"):
+        schedule_to_commands(df)
+
+
+def test_an_object_column_is_rejected_by_its_dtype_even_when_every_value_is_a_number():
+    df = frame({"ev_1_kw": pd.Series([1.0, 2], dtype=object)})
+    with pytest.raises(ScheduleError) as e:
+        schedule_to_commands(df)
+    assert str(e.value) == "column 'ev_1_kw': dtype object is not numeric (values must be int or float)"
+
+
+def test_charging_and_discharging_half_a_kilowatt_at_once_is_rejected():
+    df = frame({"battery_charge_kw": [0.5], "battery_discharge_kw": [0.5]})
+    with pytest.raises(ScheduleError, match=r"'battery_charge_kw' \(0.5\) and 'battery_discharge_kw' \(0.5\) ask one "
+                                            r"asset to charge and discharge"):
+        schedule_to_commands(df)

@@ -3,11 +3,13 @@ raises InvalidTransition naming the asset, the state and the trigger."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from runtime.core.events import EventBus, EventType
-from runtime.core.statemachine import (BatteryState as B, EVChargerState as E, InvalidTransition, StateMachine,
-                                       Transition, battery_machine, ev_charger_machine)
+from runtime.core.statemachine import (BATTERY_TRANSITIONS, BatteryState as B, EVChargerState as E, InvalidTransition,
+                                       StateMachine, Transition, battery_machine, ev_charger_machine)
 
 # The tables exactly as the issue states them: trigger -> {source: destination}.
 EV_TABLE = {
@@ -134,3 +136,63 @@ def test_path_to_follows_only_legal_transitions():
 def test_a_table_naming_a_foreign_state_is_refused():
     with pytest.raises(ValueError, match="is not a BatteryState"):
         StateMachine("x", B, B.IDLE, [Transition("bad", frozenset({E.AVAILABLE}), B.IDLE)])
+
+
+# ------------------------------------------------------- gaps found by mutation testing (tests/tools/mutate.py)
+
+def test_an_initial_state_that_is_not_one_of_the_states_is_refused():
+    with pytest.raises(ValueError, match="initial state <EVChargerState.AVAILABLE: 'AVAILABLE'> is not one of BatteryState"):
+        StateMachine("x", B, E.AVAILABLE, BATTERY_TRANSITIONS)
+
+
+def test_restore_sets_the_state_without_a_transition_hook_or_event():
+    bus = EventBus()
+    seen, calls = [], []
+    bus.subscribe(EventType.STATE_CHANGED, seen.append)
+    sm = ev_charger_machine("ev-1", event_bus=bus, on_change=lambda *a: calls.append(a))
+    sm.restore(E.CHARGING)  # no trigger leads AVAILABLE -> CHARGING in one step: restore needs none
+    assert sm.state is E.CHARGING and seen == [] and calls == []
+    assert sm.trigger("complete") is E.FINISHING  # and the machine carries on from there
+
+
+def test_restore_refuses_a_state_of_another_machine_and_keeps_the_current_one():
+    sm = battery_machine("bat-1")
+    with pytest.raises(ValueError, match=r"asset bat-1: <EVChargerState.CHARGING: 'CHARGING'> is not a BatteryState"):
+        sm.restore(E.CHARGING)
+    assert sm.state is B.IDLE
+
+
+def test_triggers_lists_the_table_triggers_in_table_order():
+    assert ev_charger_machine("ev").triggers == tuple(EV_TABLE)
+    assert battery_machine("bat").triggers == tuple(BATTERY_TABLE)
+
+
+def test_transition_rows_are_immutable():
+    row = BATTERY_TRANSITIONS[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.dest = B.FAULTED  # type: ignore[misc]
+    assert hash(row) == hash(Transition(row.trigger, row.sources, row.dest))
+
+
+def test_path_to_an_unreachable_state_is_none():
+    class S(__import__("enum").Enum):
+        A = 1
+        B = 2
+        C = 3
+        D = 4
+    sm = StateMachine("x", S, S.A, [Transition("go", frozenset({S.A}), S.B), Transition("on", frozenset({S.B}), S.C),
+                                    Transition("back", frozenset({S.C}), S.B)])
+    assert sm.path_to(S.D) is None  # B and C form a cycle: the search must not go round it for ever
+    assert sm.path_to(S.C) == ["go", "on"]
+
+
+def test_repr_names_the_asset_and_the_state():
+    assert repr(battery_machine("bat-1")) == "<StateMachine bat-1 IDLE>"
+
+
+def test_machines_without_an_event_bus_still_transition_and_call_the_hook():
+    calls = []
+    ev = ev_charger_machine("ev", on_change=lambda a, b, t: calls.append(t))
+    bat = battery_machine("bat", on_change=lambda a, b, t: calls.append(t))
+    assert ev.trigger("plug_in") is E.PREPARING and bat.trigger("charge") is B.CHARGING
+    assert calls == ["plug_in", "charge"]
