@@ -276,7 +276,7 @@ def test_torn_journal_tail_is_skipped_and_the_site_still_starts(tmp_path, caplog
         site.advance(60)
         assert site.command("c1").status is S.COMPLETED
     assert "torn" in caplog.text.lower() or "truncat" in caplog.text.lower()
-    assert any(r["k"] == "cmd" for r in Journal.read(tmp_path / "commands.jnl"))
+    assert any(r["k"] == "t" and r["i"] == "c1" for r in Journal.read(tmp_path / "commands.jnl"))
 
 
 def test_stop_leaves_no_actor_threads():
