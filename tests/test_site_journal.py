@@ -206,3 +206,15 @@ def test_kill_9_at_random_moments_loses_no_command_and_applies_nothing_twice(tmp
     assert not set(resent) & completed
     assert all(c is None or c.is_final for c in finals.values()), finals   # None: ended, pruned, still known
 
+
+def test_the_site_file_sets_the_windows_and_the_compaction(tmp_path):
+    from runtime.config import load_site_config
+    from runtime.config.build import site_options
+    path = tmp_path / "site.toml"
+    path.write_text('[[assets]]\nid = "ev-1"\nkind = "charger"\nmax_kw = 22\n\n'
+                    '[journal]\ndir = "j"\ndedupe_window_s = 172800\ncompact_interval_s = 3600\n'
+                    'events_max_age_s = 86400\n')
+    options = site_options(load_site_config(path))
+    assert options["dedupe_window_s"] == 172800 and options["compaction"].interval_s == 3600
+    assert options["event_retention"].max_age_s == 86400 and options["journal_dir"] == str(tmp_path / "j")
+    Site([ChargerSpec("ev-1")], clock=VirtualClock(T0), **{**options, "ocpp": None})  # accepted as they are
