@@ -10,6 +10,8 @@ Parts (``--only NAME`` to run one), one module each:
 * ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors.
 * ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
                  in separate processes), ours against a bare ocpp/pymodbus script (:mod:`.fleet_bare`).
+* ``journal``    (:mod:`.journal`) 30 virtual days of a 50-charger site: journal size per day, restart time
+                 at days 1, 7 and 30, bytes per command against the version-1 format.
 
 This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
 runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
@@ -63,8 +65,20 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
         from .fleet import run_fleet_bench_part
         run_fleet_bench_part(out, quick)
 
+    def journal() -> None:
+        from .journal import TARGETS as J, bench_journal
+        r = bench_journal(days=n(3, 30), n_chargers=n(10, 50), restart_days=n((1, 2, 3), (1, 7, 30)))
+        cmd = r["commands_mb_per_day"]
+        flat = len(cmd) < 3 or max(cmd[1:]) <= 1.5 * min(cmd[1:])
+        last = max(r["restart_s"])
+        print_figures(out, "journal", r, [
+            ("command journal flat after day 1", flat),
+            (f"whole journal <= {J['max_mb']:g} MB every day", max(r["mb_per_day"]) <= J["max_mb"]),
+            (f"restart at day {last} <= {J['restart_s']:g} s", r["restart_s"][last] <= J["restart_s"]),
+            (f"bytes per command >= {J['ratio']:g}x smaller than version 1", r["ratio"] >= J["ratio"])])
+
     parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
-                                            "fleet": fleet}
+                                            "fleet": fleet, "journal": journal}
     for name in only or list(parts):
         if name not in parts:
             print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)
