@@ -436,8 +436,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _commit(self, changes: list[Change], records: list[dict[str, Any]]) -> None:
         """Journal first (one write + sync), then publish: no event tells of something not yet journaled."""
         if self._journal is not None and (changes or records):
-            self._journal.append_many(records + [{"k": "cmd", "c": ch.command.to_record()} for ch in changes])
-            self._journal.sync()
+            self._journal.commit(records, changes)  # one write + sync (runtime.core.command_log.CommandLog)
         events, self._events_after_commit = self._events_after_commit, []
         if changes:
             ts = self._clock.now()

@@ -46,7 +46,7 @@ _EXPORTS: dict[str, str] = {
     **{name: "runtime.core.errors" for name in (
         "CoordinatorError", "ConfigurationError", "ConfigFileError", "CommandError", "InvalidCommand",
         "InvalidCommandTransition", "UnsupportedCommand", "ScheduleError", "InvalidTransition",
-        "JournalError", "JournalCorrupt", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset",
+        "JournalError", "JournalCorrupt", "JournalUnsupported", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset",
         "ScenarioError", "DeviceError", "ChargerNotConnected", "RegisterMapError", "SimNotConnected")},
 }
 
@@ -77,9 +77,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .core.commands import FINAL_STATUSES, Command, CommandStatus, CommandType, new_command_id  # noqa: F401
     from .core.errors import (ChargerNotConnected, CommandError, ConfigFileError, ConfigurationError,  # noqa: F401
                               CoordinatorError, DeviceError, InvalidCommand, InvalidCommandTransition,
-                              InvalidTransition, JournalCorrupt, JournalError, RegisterMapError, ScenarioError,
-                              ScheduleError, SimNotConnected, SiteError, SiteFailed, SiteNotRunning,
-                              UnknownAsset, UnsupportedCommand)
+                              InvalidTransition, JournalCorrupt, JournalError, JournalUnsupported,
+                              RegisterMapError, ScenarioError, ScheduleError, SimNotConnected, SiteError,
+                              SiteFailed, SiteNotRunning, UnknownAsset, UnsupportedCommand)
     from .core.events import Event, EventBus, EventType  # noqa: F401
     from .core.grid import GridLimit  # noqa: F401
     from .core.journal import Journal  # noqa: F401

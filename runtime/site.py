@@ -53,15 +53,17 @@ from protocols.memory import InMemoryDevice
 from .core.assets import AssetSpec, AssetStatus
 from .core.batch import CommandBatch
 from .core.clock import Clock, RealClock, VirtualClock
-from .core.command_table import CommandTable
+from .core.command_log import CommandLog
+from .core.command_table import DEFAULT_DEDUPE_WINDOW_S, CommandTable
 from .core.commands import FINAL_STATUSES, Command, CommandStatus
 from .core.errors import ConfigurationError, SiteFailed, SiteNotRunning, UnknownAsset
+from .core.event_log import EventLog
 from .core.events import Event, EventType
 from .core.grid import GridLimit
 from .core.iothread import IOThread
-from .core.journal import Journal
+from .core.journal_stats import JournalStats
 from .core.policy import DispatchPolicy
-from .core.recovery import recover
+from .core.retention import CompactionPolicy, EventRetention
 from .core.retry import RetryPolicy
 from .core.schedule import schedule_to_commands
 
@@ -113,8 +115,9 @@ class Site:
         Defaults to :class:`~runtime.core.clock.RealClock`. With a :class:`~runtime.core.clock.VirtualClock`,
         time moves only through :meth:`advance`.
     journal_dir:
-        Directory for ``commands.jnl`` and ``events.jnl``. A site started on an existing journal
-        recovers every command that was not final. None: no journal (nothing survives a restart).
+        Directory for ``commands.jnl`` and ``events.jnl`` (and their segments). A site started on an
+        existing journal recovers every command that was not final. None: no journal (nothing survives
+        a restart). The site keeps both bounded itself: see ``compaction`` and ``event_retention``.
     fsync:
         Journal durability: "always" (fsync per write), "batch" (fsync once per dispatcher step,
         default), "never".
@@ -126,7 +129,16 @@ class Site:
         site-clock time for an acknowledged command to complete.
     retention_s:
         Final commands older than this (site clock) are pruned from memory; their ids stay known, so a
-        pruned command is still never applied twice. The journal keeps them.
+        pruned command is still never applied twice. Compaction keeps them in the journal as long.
+    dedupe_window_s:
+        How long the id of a final command stays known (default 7 days, at least as long as its expiry):
+        a duplicate within it is a no-op. Every command expires at the latest this long after its
+        scheduled time, so a duplicate of a forgotten id is EXPIRED at once, never applied as new
+        (see :mod:`runtime.core.command_table`). None: ids are known forever.
+    compaction, event_retention:
+        When the command journal is compacted (:class:`~runtime.core.retention.CompactionPolicy`: at
+        start-up, and on size or age of the file being appended to) and how much of the event journal
+        is kept (:class:`~runtime.core.retention.EventRetention`: 7 days, 256 MiB by default).
     restart_policy:
         Supervisor restart intensity for crashed asset actors.
     ocpp:
@@ -150,7 +162,9 @@ class Site:
                  completion_timeout_s: float = 60.0, restart_policy: RestartPolicy | None = None,
                  ocpp: Mapping[str, Any] | None = None, retention_s: float = 3600.0,
                  grid: GridLimit | None = None, priorities: Mapping[str, int] | None = None,
-                 rng_seed: int | None = None, cloud: Any | None = None) -> None:
+                 rng_seed: int | None = None, dedupe_window_s: float | None = DEFAULT_DEDUPE_WINDOW_S,
+                 compaction: CompactionPolicy | None = None, event_retention: EventRetention | None = None,
+                 cloud: Any | None = None) -> None:
         specs = list(assets)
         seen: set[str] = set()
         for spec in specs:
@@ -184,6 +198,12 @@ class Site:
         self._rng_seed = rng_seed
         self._cloud = EdgeLinkOptions.of(cloud) if cloud is not None else None
         self._edge: pykka.ActorRef[Any] | None = None
+        self._dedupe_window_s = dedupe_window_s
+        CommandTable(dedupe_window_s=dedupe_window_s)  # validates it now, not at start()
+        self._compaction = compaction or CompactionPolicy()
+        self._event_retention = event_retention or EventRetention()
+        self._command_log: CommandLog | None = None
+        self._event_log: EventLog | None = None
         self._io: IOThread | None = None
         self._services: dict[str, Any] = {}
         self._refs: dict[str, pykka.ActorRef[Any]] = {}
@@ -217,17 +237,18 @@ class Site:
         event_journal = cmd_journal = None
         if self._journal_dir is not None:
             self._journal_dir.mkdir(parents=True, exist_ok=True)
-            event_journal = Journal(self._journal_dir / "events.jnl", fsync=self._fsync)
+            event_journal = self._event_log = EventLog(self._journal_dir, self.clock, fsync=self._fsync,
+                                                       retention=self._event_retention)
         self._refs["events"] = EventActor.start(event_journal,
                                                 on_failure=lambda reason: self._core_failed("events", reason))
         table = CommandTable(retry=self._retry, ack_timeout_s=2 * self._ack_timeout_s, rng_seed=self._rng_seed,
-                             completion_timeout_s=self._completion_timeout_s)
+                             completion_timeout_s=self._completion_timeout_s,
+                             dedupe_window_s=self._dedupe_window_s)
         for spec in self._specs.values():
             if spec.ack_timeout_s is not None:
                 table.set_ack_timeout(spec.asset_id, 2 * spec.ack_timeout_s)
         if self._journal_dir is not None:
-            self._restore(table, self._journal_dir / "commands.jnl")
-            cmd_journal = Journal(self._journal_dir / "commands.jnl", fsync=self._fsync)
+            cmd_journal = self._restore(table)
         ready: pykka.Future[None] = pykka.ThreadingFuture()
         policy = DispatchPolicy(self._specs, self._grid, self._priorities)
         self._policy = policy
@@ -269,20 +290,23 @@ class Site:
         self._io.call(central.start(), timeout=10)
         self._services["ocpp"] = central
 
-    def _restore(self, table: CommandTable, path: Path) -> None:
-        state = recover(path)
-        now = self.clock.time()
-        for batch in state.batches:  # in journal order; a replacement supersedes only earlier batches
-            for sup in state.batch_supersessions:
-                if sup["id"] == batch.batch_id:
-                    table.supersede_future(sup["assets"], sup["from"], sup["at"])
-            table.add_batch(batch, now)
-        table.restore(state.commands.values(), now)
+    def _restore(self, table: CommandTable) -> CommandLog:
+        """Open the command journal: it recovers into ``table`` and compacts (see runtime.core.command_log)."""
+        assert self._journal_dir is not None
+        self._command_log = CommandLog(self._journal_dir, table, self.clock, fsync=self._fsync,
+                                       policy=self._compaction, retention_s=self._retention_s)
         counts = table.counts()
         self.recovered = sum(n for status, n in counts.items() if not CommandStatus(status).is_final)
-        if state.records:
-            log.info("journal %s: %d records, %d batches, %d commands restored (%d not final)", path,
-                     state.records, len(state.batches), len(state.commands), self.recovered)
+        if self.recovered:
+            log.info("journal %s: %d commands restored that are not final", self._journal_dir, self.recovered)
+        return self._command_log
+
+    def journal_stats(self) -> JournalStats | None:
+        """Sizes of the journals and their last compaction (see :class:`~runtime.core.journal_stats.JournalStats`);
+        None when the site has no journal or was never started. Cheap (a directory listing), any thread."""
+        if self._command_log is None or self._event_log is None or self._journal_dir is None:
+            return None
+        return JournalStats(str(self._journal_dir), self._command_log.stats(), self._event_log.stats())
 
     def stop(self) -> None:
         """Stop every actor, service, task and thread; returns when all are gone (bounded waits)."""
@@ -457,13 +481,13 @@ class Site:
             raise UnknownAsset(f"{what}: unknown asset(s) {', '.join(map(repr, unknown))}; this site has "
                                f"{', '.join(map(repr, sorted(self._specs)))} (map schedule ids with asset_map=)")
 
-    def submit(self, command: Command) -> Command:
+    def submit(self, command: Command) -> Command | None:
         """Accept one command (idempotent by command_id: a known id is not applied again).
-        Returns the command's current snapshot. Unknown asset -> :class:`UnknownAsset`."""
+        Returns the command's current snapshot; None for the id of a command that ended so long ago
+        (``retention_s``) that the site keeps only its id, not its snapshot (nothing is applied).
+        Unknown asset -> :class:`UnknownAsset`."""
         self.submit_many([command])
-        snapshot = self.command(command.command_id)
-        assert snapshot is not None
-        return snapshot
+        return self.command(command.command_id)
 
     def submit_many(self, commands: Iterable[Command]) -> tuple[str, ...]:
         """Accept several commands in one journal write; returns the ids that were new."""

@@ -24,3 +24,12 @@ def test_unknown_bench_part_is_refused_by_name():
     out = io.StringIO()
     assert run_bench(quick=True, only=["nope"], out=out) == 2
     assert "unknown bench part 'nope'" in out.getvalue()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("no_leaks")
+def test_quick_journal_bench_prints_its_figures_and_verdicts():
+    out = io.StringIO()
+    assert run_bench(quick=True, only=["journal"], out=out) == 0
+    text = out.getvalue()
+    assert text.startswith("journal") and "bytes_per_command=" in text and "restart at day 3" in text

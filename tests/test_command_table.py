@@ -939,7 +939,7 @@ def test_final_commands_restored_from_the_journal_can_be_pruned() -> None:
 
 
 def test_a_sweep_after_prune_skips_the_deadlines_of_what_was_pruned() -> None:
-    t = table()
+    t = table(dedupe_window_s=None)  # no dedupe-window expiry: only the deadlines the test sets
     t.add([cmd("c1", expires=100), cmd("c2", asset="a2", at=50)], T)
     t.add_batch(make_batch("b", [10], ["a3"], [0], expires=[100]), T)
     t.sweep(T)
@@ -1029,7 +1029,7 @@ def test_hold_of_an_in_flight_command_of_an_unavailable_asset_keeps_it_held() ->
 
 
 def test_a_retry_released_at_its_retry_time_is_due_at_once_and_leaves_no_deadline_behind() -> None:
-    t = table()
+    t = table(dedupe_window_s=None)  # no dedupe-window expiry: only the retry deadline
     dispatched(t, cmd("c1"))
     t.set_available("a1", False, T + 1)
     [change] = t.fail("c1", "busy", T + 1)

@@ -37,10 +37,8 @@ class FakeJournal:
     def __init__(self, log: Log) -> None:
         self.log = log
 
-    def append_many(self, records: list[dict[str, Any]]) -> None:
-        self.log.entries.append(("journal", [r["k"] for r in records]))
-
-    def sync(self) -> None:
+    def commit(self, records: list[dict[str, Any]], changes: list[Any]) -> None:  # one write, then a sync
+        self.log.entries.append(("journal", [r["k"] for r in records] + ["change"] * len(changes)))
         self.log.entries.append(("sync",))
 
     def close(self) -> None:

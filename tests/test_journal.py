@@ -53,6 +53,11 @@ def frame(payload: bytes) -> bytes:
     return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
 
+#: What a new journal without declared kinds holds before its first record: the file header, then the
+#: header record.
+EMPTY = MAGIC + frame(msgpack.packb({"k": "hdr", "v": 2, "req": [], "opt": []}, use_bin_type=True))
+
+
 # -- writing and reading ------------------------------------------------------------------------
 
 
@@ -71,7 +76,9 @@ def test_file_starts_with_magic_and_records_are_framed(tmp_path):
     write(path, [{"a": 1}])
     data = path.read_bytes()
     payload = msgpack.packb({"a": 1}, use_bin_type=True)
-    assert data == MAGIC + frame(payload)
+    header = msgpack.packb({"k": "hdr", "v": 2, "req": [], "opt": []}, use_bin_type=True)
+    assert data == MAGIC + frame(header) + frame(payload) == EMPTY + frame(payload)
+    assert MAGIC == b"QEJRNL\x00\x02"
 
 
 def test_append_after_reopen_continues_the_file(tmp_path):
@@ -418,7 +425,7 @@ def test_empty_and_missing_journals(tmp_path):
 
     fresh = tmp_path / "fresh.journal"
     Journal(fresh).close()
-    assert fresh.read_bytes() == MAGIC
+    assert fresh.read_bytes().startswith(MAGIC) and Journal.read_header(fresh).version == 2
     assert list(Journal.read(fresh)) == []
     assert recover(fresh) == RecoveredState()
 
@@ -444,7 +451,7 @@ def test_recover_returns_last_snapshot_per_command_batches_and_counts(tmp_path):
     a, b, c = _cmd("a"), _cmd("b", asset="bat1"), _cmd("c")
     batch = _batch()
     ev = Event(EventType.COMMAND_CREATED, T0, {"command_id": "a"})
-    with Journal(path) as j:
+    with Journal(path, optional_kinds=["future-kind"]) as j:  # a newer writer's kind, declared optional
         j.append({"k": "cmd", "c": a.to_record()})
         j.append({"k": "ev", "e": ev.to_record()})
         j.append({"k": "cmd", "c": b.to_record()})
@@ -617,7 +624,7 @@ def test_an_existing_empty_file_is_opened_as_a_new_journal_with_a_header(tmp_pat
     path = tmp_path / "j.journal"
     path.write_bytes(b"")
     with Journal(path) as j:
-        assert j.records_at_open == 0 and j.truncated_bytes == 0 and j.size == len(MAGIC)
+        assert j.records_at_open == 0 and j.truncated_bytes == 0 and j.size == len(EMPTY)
         j.append({"a": 1})
     assert path.read_bytes().startswith(MAGIC)
     assert list(Journal.read(path)) == [{"a": 1}]
@@ -627,7 +634,7 @@ def test_reopening_a_journal_without_records_keeps_its_header(tmp_path):
     path = tmp_path / "j.journal"
     Journal(path).close()
     with Journal(path) as j:
-        assert j.truncated_bytes == 0 and j.size == len(MAGIC)
+        assert j.truncated_bytes == 0 and j.size == len(EMPTY)
         j.append({"a": 1})
     assert list(Journal.read(path)) == [{"a": 1}]
 
@@ -635,7 +642,7 @@ def test_reopening_a_journal_without_records_keeps_its_header(tmp_path):
 def test_a_torn_first_record_is_cut_back_to_the_header(tmp_path):
     path = tmp_path / "j.journal"
     write(path, RECORDS[:1])
-    os.truncate(path, len(MAGIC) + 3)
+    os.truncate(path, len(EMPTY) + 3)
     with Journal(path) as j:
         assert j.truncated_bytes == 3 and j.records_at_open == 0
         j.append(RECORDS[1])
@@ -693,7 +700,7 @@ def test_a_record_too_large_for_the_length_field_is_refused_before_anything_is_w
             j.append({"a": 1})
         with pytest.raises(ValueError, match="journal record too large"):
             j.append_many([{"a": 1}])
-    assert path.read_bytes() == MAGIC
+    assert path.read_bytes() == EMPTY
 
 
 def test_a_closed_journal_refuses_appends_and_syncs_naming_its_path(tmp_path):
@@ -703,7 +710,7 @@ def test_a_closed_journal_refuses_appends_and_syncs_naming_its_path(tmp_path):
     for call in (lambda: j.append({"a": 1}), lambda: j.append_many([{"a": 1}]), j.sync):
         with pytest.raises(ValueError, match=rf"journal {re.escape(str(path))} is closed"):
             call()
-    assert path.read_bytes() == MAGIC
+    assert path.read_bytes() == EMPTY
 
 
 def test_close_after_a_failed_final_fsync_is_still_idempotent(tmp_path, monkeypatch):

@@ -145,8 +145,8 @@ def journal_by_command(path: Path) -> tuple[dict[str, list[dict]], list[dict]]:
     by_command: dict[str, list[dict]] = {}
     other: list[dict] = []
     for record in Journal.read(path):
-        if record.get("k") == "cmd":
-            by_command.setdefault(record["c"]["id"], []).append(record)
+        if record.get("k") in ("n", "t"):  # a new command in full, or a later change of one
+            by_command.setdefault(record["i"], []).append(record)
         else:
             other.append(record)
     return by_command, other

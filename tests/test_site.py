@@ -276,7 +276,7 @@ def test_torn_journal_tail_is_skipped_and_the_site_still_starts(tmp_path, caplog
         site.advance(60)
         assert site.command("c1").status is S.COMPLETED
     assert "torn" in caplog.text.lower() or "truncat" in caplog.text.lower()
-    assert any(r["k"] == "cmd" for r in Journal.read(tmp_path / "commands.jnl"))
+    assert any(r["k"] == "t" and r["i"] == "c1" for r in Journal.read(tmp_path / "commands.jnl"))
 
 
 def test_stop_leaves_no_actor_threads():
@@ -381,6 +381,8 @@ def test_prune_keeps_memory_bounded_and_ids_known():
         site.advance(200)
         assert site.command("old") is None                       # pruned from memory...
         assert site.submit_many([_cmd("old", at_s=200)]) == ()   # ...but never applied again
+        assert site.submit(_cmd("old", at_s=200)) is None      # submit says so: known, nothing to show
+        assert site.counts()["PENDING"] == 0
 
 
 # ---- regressions: what a new user ran into, and latent defects of the core -----------------------

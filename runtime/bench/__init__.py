@@ -11,6 +11,8 @@ Parts (``--only NAME`` to run one), one module each:
 * ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
                  in separate processes), ours against a bare ocpp/pymodbus script (:mod:`.fleet_bare`).
 * ``site``       (:mod:`.site`) ``coordinator run`` idling with 50 chargers and 4 batteries connected: CPU, RSS.
+* ``journal``    (:mod:`.journal`) 30 virtual days of a 50-charger site: journal size per day, restart time
+                 at days 1, 7 and 30, bytes per command against the version-1 format.
 
 This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
 runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
@@ -74,8 +76,20 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
             (f"rss < {SITE['idle_rss_mb']:g} MB", r["rss_mb"] < SITE["idle_rss_mb"]),
             ("stopped cleanly by SIGTERM (exit 0)", r["exit_code"] == 0)])
 
+    def journal() -> None:
+        from .journal import TARGETS as J, bench_journal
+        r = bench_journal(days=n(3, 30), n_chargers=n(10, 50), restart_days=n((1, 2, 3), (1, 7, 30)))
+        cmd = r["commands_mb_per_day"]
+        flat = len(cmd) < 3 or max(cmd[1:]) <= 1.5 * min(cmd[1:])
+        last = max(r["restart_s"])
+        print_figures(out, "journal", r, [
+            ("command journal flat after day 1", flat),
+            (f"whole journal <= {J['max_mb']:g} MB every day", max(r["mb_per_day"]) <= J["max_mb"]),
+            (f"restart at day {last} <= {J['restart_s']:g} s", r["restart_s"][last] <= J["restart_s"]),
+            (f"bytes per command >= {J['ratio']:g}x smaller than version 1", r["ratio"] >= J["ratio"])])
+
     parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
-                                            "fleet": fleet, "site": site}
+                                            "fleet": fleet, "site": site, "journal": journal}
     for name in only or list(parts):
         if name not in parts:
             print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)

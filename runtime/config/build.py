@@ -21,6 +21,7 @@ from protocols.ocpp.link import OcppChargerLink
 from protocols.ocpp.security import server_context
 from runtime.core.assets import AssetSpec, BatterySpec, ChargerSpec
 from runtime.core.errors import ConfigurationError
+from runtime.core.retention import CompactionPolicy, EventRetention
 from runtime.core.retry import RetryPolicy
 
 from .models import BatteryConfig, ChargerConfig, RetryConfig, SiteConfig
@@ -111,8 +112,11 @@ def ocpp_options(config: SiteConfig) -> dict[str, Any] | None:
 
 def site_options(config: SiteConfig) -> dict[str, Any]:
     """Keyword arguments of :class:`~runtime.site.Site` (everything but the assets and the clock)."""
+    j = config.journal
     options: dict[str, Any] = {
-        "journal_dir": config.journal.dir, "fsync": config.journal.fsync, "retention_s": config.journal.retention_s,
+        "journal_dir": j.dir, "fsync": j.fsync, "retention_s": j.retention_s, "dedupe_window_s": j.dedupe_window_s,
+        "compaction": CompactionPolicy(max_log_bytes=j.compact_max_log_bytes, interval_s=j.compact_interval_s),
+        "event_retention": EventRetention(max_age_s=j.events_max_age_s, max_bytes=j.events_max_bytes),
         "retry": retry_policy(config.retry), "ack_timeout_s": config.timeouts.ack_timeout_s,
         "completion_timeout_s": config.timeouts.completion_timeout_s, "ocpp": ocpp_options(config)}
     return options

@@ -184,6 +184,15 @@ class JournalConfig(Strict):
     fsync: Literal["always", "batch", "never"] = "batch"
     #: Final commands are forgotten from memory this long after they ended (their ids stay known).
     retention_s: Positive = 3600.0
+    #: How long a final command's id stays known (a duplicate is a no-op); every command expires at the
+    #: latest this long after its scheduled time (a stale duplicate is EXPIRED, never applied).
+    dedupe_window_s: Positive = 7 * 86400.0
+    #: The command journal is compacted when the file being appended to reaches this size or this age.
+    compact_max_log_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
+    compact_interval_s: Positive = 6 * 3600.0
+    #: The event journal keeps at most this much history (oldest segments deleted first).
+    events_max_age_s: Positive = 7 * 86400.0
+    events_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
 
 
 class OcppServerConfig(Strict):

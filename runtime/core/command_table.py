@@ -27,6 +27,18 @@ emergency one (priority >= :data:`~runtime.core.commands.EMERGENCY_PRIORITY`), h
 channel's current one (which becomes SUPERSEDED, even when in flight: a later device answer for it
 is ignored) or is itself SUPERSEDED when it is older. ``last_error`` of the loser names the winner.
 
+Deduplication window (``dedupe_window_s``, default :data:`DEFAULT_DEDUPE_WINDOW_S`, 7 days; None: forever):
+
+* every command expires at the latest ``dedupe_window_s`` after its scheduled time: one without an
+  ``expires_at`` that is still PENDING or HELD then becomes EXPIRED (``last_error`` says why), like one
+  whose ``expires_at`` passed. So a command that arrives (or is restored) more than the window after
+  its time is EXPIRED at once by the next :meth:`CommandTable.sweep`, never sent;
+* a final command's id stays known after :meth:`CommandTable.prune` forgot its snapshot, until both the
+  window has passed since it ended and its (explicit or implicit) expiry has passed; a batch's id
+  likewise, counted from when the batch was dropped. A duplicate within that time is a no-op; one
+  after it is unknown, but its expiry has passed by then, so it is EXPIRED at once, never applied as
+  new. The known ids are bounded by what ended within the window.
+
 ``Change.event`` is None for exactly two kinds of change, which the caller should journal but not
 publish as a lifecycle event: a HELD command released to PENDING (``set_available`` or ``sweep``),
 and an in-flight command re-queued as PENDING by :meth:`CommandTable.restore`.
@@ -50,16 +62,22 @@ from .errors import ConfigurationError
 from .events import EventType
 from .retry import RetryPolicy
 
-__all__ = ["Change", "CommandTable"]
+__all__ = ["Change", "CommandTable", "DEFAULT_DEDUPE_WINDOW_S", "effective_expiry"]
+
+#: How long a final command's id stays known (seconds), and the latest a command may be applied after
+#: its scheduled time, unless configured otherwise (see the module docstring).
+DEFAULT_DEDUPE_WINDOW_S = 7 * 86400.0
 
 _S = CommandStatus
 _WAITING = frozenset({_S.PENDING, _S.HELD})
 _IN_FLIGHT = frozenset({_S.DISPATCHED, _S.ACKNOWLEDGED})
 _NON_FINAL = _WAITING | _IN_FLIGHT
 
-# Kinds of deadline in the heap. Every entry is (when, tiebreak, kind, key, version).
+# Kinds of deadline in the heap. Every entry is (when, tiebreak, kind, key, version). Versions of commands
+# are unique in the table (a new one from the tick counter at every change), so a deadline armed for an
+# earlier entry under the same id (an id forgotten by the dedupe window and used again) never matches.
 _BATCH = 0   # next live row of a batch falls due (key: batch id, version: the batch cursor)
-_DUE = 1     # a materialized command reaches its scheduled time (valid until it is due-processed)
+_DUE = 1     # a materialized command reaches its scheduled time (version: the entry's birth; valid until due)
 _EXPIRY = 2  # a PENDING/HELD command reaches expires_at
 _RETRY = 3   # a retry-pending command reaches retry_at (due() changes; sweep has nothing to do)
 _ACK = 4     # a DISPATCHED command's acknowledgement deadline
@@ -86,15 +104,17 @@ class Change:
 class _Entry:
     """A materialized command: its snapshot plus the bookkeeping the snapshot does not carry."""
 
-    __slots__ = ("command", "seq", "sched", "expires", "version", "due_seen", "retry_at", "dispatched_at",
+    __slots__ = ("command", "seq", "sched", "expires", "version", "birth", "due_seen", "retry_at", "dispatched_at",
                  "acked_at", "finished_at", "batch")
 
-    def __init__(self, command: Command, seq: int, batch: "_BatchState | None") -> None:
+    def __init__(self, command: Command, seq: int, batch: "_BatchState | None", window: float | None) -> None:
         self.command = command
         self.seq = seq
         self.sched = command.scheduled_time.timestamp()
-        self.expires = command.expires_at.timestamp() if command.expires_at is not None else None
-        self.version = 0
+        self.expires = effective_expiry(command.expires_at.timestamp() if command.expires_at is not None else None,
+                                        self.sched, window)
+        self.version = 0           # set by the table: unique, renewed at every change
+        self.birth = 0             # the version it was inserted with
         self.due_seen = False
         self.retry_at: float | None = None
         self.dispatched_at = 0.0  # meaningful while DISPATCHED
@@ -107,6 +127,13 @@ class _Entry:
         """Supersession order: an emergency (priority >= EMERGENCY_PRIORITY) beats any normal command;
         within a class, newer scheduled time, then higher priority, then later creation wins."""
         return (self.command.priority >= EMERGENCY_PRIORITY, self.sched, self.command.priority, self.seq)
+
+
+def effective_expiry(expires_at: float | None, scheduled: float, window: float | None) -> float | None:
+    """When a command stops being worth applying: its ``expires_at``, else ``window`` after its time."""
+    if expires_at is not None:
+        return expires_at
+    return scheduled + window if window is not None else None
 
 
 class _BatchState:
@@ -145,15 +172,20 @@ class CommandTable:
     ``retry``: the retry policy; ``ack_timeout_s``: how long a DISPATCHED command may wait for its
     acknowledgement (per-asset override :meth:`set_ack_timeout`, read at dispatch time);
     ``completion_timeout_s``: how long an ACKNOWLEDGED command may wait for completion;
-    ``rng_seed``: seeds the jitter of retry delays (None: unpredictable).
+    ``rng_seed``: seeds the jitter of retry delays (None: unpredictable); ``dedupe_window_s``: see the
+    module docstring (None: ids are known forever and nothing expires without an ``expires_at``).
     """
 
     def __init__(self, retry: RetryPolicy = RetryPolicy(), ack_timeout_s: float = 10.0,
-                 completion_timeout_s: float = 60.0, rng_seed: int | None = None) -> None:
+                 completion_timeout_s: float = 60.0, rng_seed: int | None = None,
+                 dedupe_window_s: float | None = DEFAULT_DEDUPE_WINDOW_S) -> None:
         if not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry: must be a RetryPolicy, got {retry!r}")
         _check_timeout("ack_timeout_s", ack_timeout_s)
         _check_timeout("completion_timeout_s", completion_timeout_s)
+        if dedupe_window_s is not None:
+            _check_timeout("dedupe_window_s", dedupe_window_s)
+        self.dedupe_window_s = float(dedupe_window_s) if dedupe_window_s is not None else None
         self.retry = retry
         self.ack_timeout_s = float(ack_timeout_s)
         self.completion_timeout_s = float(completion_timeout_s)
@@ -165,7 +197,9 @@ class CommandTable:
         self._status_counts: dict[CommandStatus, int] = dict.fromkeys(CommandStatus, 0)
         self._batches: dict[str, _BatchState] = {}
         self._retired: dict[str, int] = {}                       # pruned batch id -> its length
-        self._pruned: set[str] = set()                           # pruned ids not covered by a batch
+        self._retired_until: dict[str, float] = {}               # pruned batch id -> known until
+        self._pruned: dict[str, float] = {}                      # pruned ids not covered by a batch -> known until
+        self._forget: list[tuple[float, int, str, bool]] = []    # (until, tick, id, is_batch): heap
         self._heads: dict[tuple[str, CommandType], str] = {}     # setpoint channel -> its due command
         self._unavailable: set[str] = set()
         self._heap: list[tuple[float, int, int, str, int]] = []
@@ -273,6 +307,43 @@ class CommandTable:
                 changes.append(Change(e.command, previous, None))
         return changes
 
+    def restore_mask(self, batch_id: str, rows: Iterable[int] | np.ndarray, at: float) -> None:
+        """Recovery (a compacted journal): rows of a stored batch that were superseded while lazy, at ``at``."""
+        bs = self._batches[batch_id]
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size:
+            rows = rows[bs.live[rows]] if bs.live is not None else rows
+            rows = np.array([i for i in rows.tolist() if self._is_lazy(bs, i)], dtype=np.int64)
+        if rows.size:
+            self._mask_rows(bs, rows, at)
+
+    def restore_final_rows(self, batch_id: str, rows: Iterable[int] | np.ndarray) -> None:
+        """Recovery (a compacted journal): rows of a stored batch that ended and whose snapshots were
+        dropped. They become what a pruned row is: known (never applied again), without a snapshot.
+        Call right after :meth:`add_batch` (and :meth:`restore_mask`)."""
+        bs = self._batches[batch_id]
+        taken = [i for i in np.unique(np.asarray(rows, dtype=np.int64)).tolist()
+                 if 0 <= i < len(bs.batch) and self._is_lazy(bs, i)]
+        if not taken:
+            return
+        bs.lazy_pending -= len(taken)
+        bs.early.update(taken)
+        if bs.pos in bs.early:
+            self._advance(bs)
+
+    def restore_known(self, ids: dict[str, float] | Iterable[tuple[str, float]],
+                      batches: dict[str, tuple[int, float]] | Iterable[tuple[str, tuple[int, float]]] = (),
+                      ) -> None:
+        """Recovery (a compacted journal): ids of final commands, and batches whose rows all ended, that
+        stay known until the given time (epoch seconds) without a snapshot. Known ones are skipped."""
+        for cid, until in (ids.items() if isinstance(ids, dict) else ids):
+            if not self._known(cid):
+                self._remember(cid, float(until), False)
+        for bid, (n, until) in (batches.items() if isinstance(batches, dict) else batches):
+            if bid not in self._batches and bid not in self._retired:
+                self._retired[bid] = int(n)
+                self._remember(bid, float(until), True)
+
     # ------------------------------------------------------------------ time-driven
 
     def sweep(self, now: float) -> list[Change]:
@@ -307,7 +378,11 @@ class CommandTable:
                 timeouts.append((self._cmds[key], ver))
             # _BATCH entries were handled by the pull; _RETRY only changes what due() returns.
         for e in expiries:  # valid entries: still PENDING/HELD since the expiry was armed
-            changes.append(self._apply(e, _S.EXPIRED, EventType.COMMAND_EXPIRED, now))
+            if e.command.expires_at is None:  # the implicit expiry: the dedupe window after its time
+                changes.append(self._apply(e, _S.EXPIRED, EventType.COMMAND_EXPIRED, now, last_error=(
+                    f"not applied: scheduled more than the dedupe window ({self.dedupe_window_s:g} s) ago")))
+            else:
+                changes.append(self._apply(e, _S.EXPIRED, EventType.COMMAND_EXPIRED, now))
         newly_due.sort(key=lambda x: x.key)
         for e in newly_due:
             if not e.command.is_final and e.command.command_type.is_setpoint:
@@ -561,16 +636,19 @@ class CommandTable:
         Their ids stay known, so the same id is still never applied twice. A batch whose rows are
         all pulled or masked, whose materialized rows are all pruned and whose last lazy
         supersession is older than ``older_than`` is dropped as a whole (its id stays known).
+        Known ids whose dedupe window (see the module docstring) ended before ``older_than`` are
+        forgotten.
         """
         removed = 0
+        window = self.dedupe_window_s
         while self._finished and self._finished[0][0] < older_than:
-            _, _, cid = heapq.heappop(self._finished)
+            finished, _, cid = heapq.heappop(self._finished)
             e = self._cmds.pop(cid)
             self._status_counts[e.command.status] -= 1
             if e.batch is not None:
                 e.batch.in_dict -= 1
             else:
-                self._pruned.add(cid)
+                self._remember(cid, _until(finished, e.expires, window), False)
             removed += 1
         for bid, bs in list(self._batches.items()):
             if bs.pos >= len(bs.batch) and bs.in_dict == 0 and \
@@ -578,7 +656,30 @@ class CommandTable:
                 removed += bs.lazy_superseded
                 del self._batches[bid]
                 self._retired[bid] = len(bs.batch)
+                # every row ended before older_than; the last expiry of a row bounds the rest
+                self._remember(bid, _until(older_than, _batch_expiry(bs.batch, window), window), True)
+        forget = self._forget
+        while forget and forget[0][0] < older_than:
+            until, _, key, is_batch = heapq.heappop(forget)
+            if is_batch:
+                if self._retired_until.get(key) == until:
+                    del self._retired[key], self._retired_until[key]
+            elif self._pruned.get(key) == until:
+                del self._pruned[key]
         return removed
+
+    def known_ids(self) -> int:
+        """Number of ids known without a snapshot (pruned commands and dropped batches)."""
+        return len(self._pruned) + len(self._retired)
+
+    def _remember(self, key: str, until: float, is_batch: bool) -> None:
+        """Keep ``key`` (a command id, or a dropped batch's id) known until ``until`` (inf: forever)."""
+        if is_batch:
+            self._retired_until[key] = until
+        else:
+            self._pruned[key] = until
+        if until != math.inf:
+            heapq.heappush(self._forget, (until, next(self._tick), key, is_batch))
 
     # ------------------------------------------------------------------ internals
 
@@ -636,7 +737,8 @@ class CommandTable:
 
     def _insert(self, cmd: Command, seq: int, batch: _BatchState | None, now: float, due: bool = False) -> _Entry:
         """Store a new entry for ``cmd`` (any status) and arm its deadlines; ``due``: already due-processed."""
-        e = _Entry(cmd, seq, batch)
+        e = _Entry(cmd, seq, batch, self.dedupe_window_s)
+        e.version = e.birth = next(self._tick)
         e.due_seen = due
         self._cmds[cmd.command_id] = e
         self._status_counts[cmd.status] += 1
@@ -650,7 +752,7 @@ class CommandTable:
         if cmd.status is _S.PENDING:
             self._pending[cmd.command_id] = e
         if not due:
-            self._push(e.sched, _DUE, cmd.command_id, 0)
+            self._push(e.sched, _DUE, cmd.command_id, e.birth)
         self._arm(e, now)
         return e
 
@@ -661,7 +763,7 @@ class CommandTable:
         new = old.evolve(status, **fields)
         cid = new.command_id
         e.command = new
-        e.version += 1
+        e.version = next(self._tick)
         self._status_counts[old.status] -= 1
         self._status_counts[status] += 1
         if old.status is _S.PENDING:
@@ -706,7 +808,7 @@ class CommandTable:
         if e is None:
             return False
         if kind == _DUE:
-            return not e.due_seen and not e.command.is_final
+            return e.birth == version and not e.due_seen and not e.command.is_final
         return e.version == version
 
     def _compact(self) -> None:
@@ -790,6 +892,22 @@ class CommandTable:
         if e.command.asset_id in self._unavailable:
             return self._apply(e, _S.HELD, EventType.COMMAND_HELD, now, last_error=error)
         return self._apply(e, _S.PENDING, EventType.COMMAND_RETRY_SCHEDULED, now, last_error=error)
+
+
+def _until(finished: float, expires: float | None, window: float | None) -> float:
+    """Until when the id of a command that ended at ``finished`` (with this effective expiry) stays known."""
+    if window is None:
+        return math.inf
+    return max(finished + window, expires if expires is not None else -math.inf)
+
+
+def _batch_expiry(batch: CommandBatch, window: float | None) -> float | None:
+    """The latest effective expiry of the rows of ``batch`` (None: an empty batch)."""
+    if not len(batch):
+        return None
+    implicit = batch.times + (window if window is not None else np.inf)
+    exp = np.where(np.isnan(batch.expires), implicit, batch.expires)
+    return float(exp.max())
 
 
 def _check_timeout(name: str, value: object) -> None:

@@ -13,7 +13,8 @@
     ├── ScheduleError (ValueError)         a schedule cell, column or index is invalid (names column, row, value)
     ├── InvalidTransition                  a state machine trigger not allowed in the current state
     ├── JournalError
-    │   └── JournalCorrupt                 a journal damaged before its end, or not a journal at all
+    │   ├── JournalCorrupt                 a journal damaged before its end, or not a journal at all
+    │   └── JournalUnsupported             a journal of a format version or record kind this reader does not know
     ├── SiteError
     │   ├── SiteNotRunning (RuntimeError)  the site is not started, or stopped
     │   │   └── SiteFailed                 the dispatcher or event actor died (names it and the cause)
@@ -36,7 +37,7 @@ from typing import Any
 __all__ = [
     "CoordinatorError", "ConfigurationError", "ConfigFileError", "CommandError", "InvalidCommand",
     "InvalidCommandTransition", "UnsupportedCommand", "ScheduleError", "InvalidTransition", "JournalError",
-    "JournalCorrupt", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError",
+    "JournalCorrupt", "JournalUnsupported", "SiteError", "SiteNotRunning", "SiteFailed", "UnknownAsset", "ScenarioError",
     "DeviceError", "ChargerNotConnected", "RegisterMapError", "SimNotConnected",
 ]
 
@@ -110,6 +111,25 @@ class JournalCorrupt(JournalError):
         self.offset = offset
         self.reason = reason
         super().__init__(f"journal {path}: corrupt at byte offset {offset}: {reason}")
+
+
+class JournalUnsupported(JournalError):
+    """A journal written in a form this reader does not understand: a newer format version, or a record
+    kind its header says a reader must know (or that it does not declare at all). Such a file is
+    refused, never skipped past or "repaired": its records may matter (a newer coordinator wrote them),
+    so the file is left exactly as it is. Upgrade the coordinator, or move the file away.
+
+    ``path``, ``version`` (the file's format version) and ``kind`` (the record kind, or None when the
+    version itself is the problem) say what; the message names all three.
+    """
+
+    def __init__(self, path: str, version: int | None, kind: str | None, reason: str) -> None:
+        self.path = path
+        self.version = version
+        self.kind = kind
+        self.reason = reason
+        what = f"record kind {kind!r}" if kind is not None else "the format"
+        super().__init__(f"journal {path} (format version {version}): {what} is not supported: {reason}")
 
 
 # ---- site --------------------------------------------------------------------------------------
