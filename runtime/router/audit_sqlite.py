@@ -1,9 +1,9 @@
 """The audit log in a SQLite file (the default): table ``audit``, indexed by time, edge, user and command.
 
 It shares the :class:`~runtime.router.sqlite_db.SqliteDb` of the queue when both name the same file (the
-default), so a command's state change and its audit row are committed together. Rows are inserted at once
-(on the loop thread, inside the open transaction) and committed with it. ``coordinator audit`` opens the same
-file on its own (WAL lets it read while the router writes).
+default), so a command's state change and its audit row are committed together: rows wait in memory and
+are inserted (``executemany``) by the connection's group commit, once per turn of the loop. ``coordinator
+audit`` opens the same file on its own (WAL lets it read while the router writes).
 """
 
 from __future__ import annotations
@@ -33,23 +33,32 @@ class SqliteAudit(AuditLog):
 
     def __init__(self, db: SqliteDb) -> None:
         self.db = db.acquire()
+        self._pending: list[tuple[object, ...]] = []
+        self.db.add_writer(self._write)
+
+    def _write(self) -> None:
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self.db.executemany(_INSERT, rows)
 
     async def open(self) -> None:
         self.db.conn.executescript(_SCHEMA)
 
     def record(self, row: AuditRow) -> None:
-        self.db.execute(_INSERT, (row.at, row.kind, row.command_id, row.edge_id, row.user_id, row.status,
-                                  row.detail, row.seq, row.instance,
-                                  None if row.payload is None else json.dumps(row.payload, separators=(",", ":"))))
+        self._pending.append((row.at, row.kind, row.command_id, row.edge_id, row.user_id, row.status, row.detail,
+                              row.seq, row.instance,
+                              None if row.payload is None else json.dumps(row.payload, separators=(",", ":"))))
+        self.db.dirty()
 
     async def flush(self) -> None:
-        self.db.commit()
+        await self.db.durable()
 
     async def query(self, q: AuditQuery) -> list[AuditRow]:
         return self.query_now(q)
 
     def query_now(self, q: AuditQuery) -> list[AuditRow]:
         """:meth:`query` without a loop (``coordinator audit`` reading the file)."""
+        self.db.commit()
         where, params = q.where("?")
         for column, op, value in (("at", ">=", q.since), ("at", "<", q.until)):
             if value is not None:

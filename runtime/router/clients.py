@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocols.edge.wire import Status
-
 from .auth import ALL, Principal
 from .outbox import Encoded, Outbox
 from .states import FINAL
@@ -61,16 +59,18 @@ class ClientHub:
         """No more statuses will come for ``command_id`` (a TIMED_OUT command that was closed)."""
         self._origin.pop(command_id, None)
 
-    def deliver(self, status: Status) -> int:
-        """Send ``status`` to every client that should see it; how many got it."""
+    def deliver(self, status: dict[str, Any]) -> int:
+        """Send a status frame (the dict of one: see :class:`~runtime.router.outbox.Encoded`) to every client
+        that should see it; how many got it."""
         frame = Encoded(status)
+        cid, state, edge_id = status["command_id"], status["status"], status["edge_id"]
         # a TIMED_OUT command may still get a late ack: its submitter keeps hearing of it until it is closed
-        last = status.status in FINAL and status.status != "TIMED_OUT"
-        origin = self._origin.pop(status.command_id, None) if last else self._origin.get(status.command_id)
+        last = state in FINAL and state != "TIMED_OUT"
+        origin = self._origin.pop(cid, None) if last else self._origin.get(cid)
         sent = 0
         if origin is not None and origin in self.conns:
             sent += origin.outbox.put(frame)
         for conn in self.conns:
-            if conn is not origin and conn.wants(status.edge_id):
+            if conn is not origin and conn.wants(edge_id):
                 sent += conn.outbox.put(frame)
         return sent

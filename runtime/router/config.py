@@ -77,6 +77,8 @@ class ListenConfig(Strict):
     hello_timeout_s: Positive = 10.0
     #: Frames queued to one peer beyond this: the peer is too slow and is disconnected.
     max_outbox: Annotated[int, Field(ge=10)] = 50_000
+    #: permessage-deflate on the websockets: frames are a few hundred bytes, so it costs CPU and saves little.
+    compression: bool = False
     backlog: Annotated[int, Field(ge=16)] = 4096
 
 
@@ -114,6 +116,10 @@ class StoreConfig(Strict):
     sqlite: str = "router.sqlite"
     #: Final commands are kept this long (idempotency of their ids, GET /api/v1/commands), then purged.
     retention_s: Positive = 7 * 24 * 3600.0
+    #: SQLite commits are at least this far apart (one commit covers every change in between; what a change
+    #: vouches for leaves only after its commit): more commands per commit at a steady rate, at most this much
+    #: more latency per step.
+    commit_interval_s: Annotated[float, Field(ge=0, le=0.1)] = 0.002
 
 
 class RedisConfig(Strict):

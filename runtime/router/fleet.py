@@ -44,7 +44,7 @@ class FleetEvents(Protocol):
 
     def on_cancel(self, edge_id: str, command_id: str) -> None: ...
 
-    def on_status(self, status: Status) -> None: ...
+    def on_status(self, status: dict[str, Any]) -> None: ...
 
 
 class Fleet:
@@ -81,8 +81,8 @@ class Fleet:
     def cancel(self, owner: str, edge_id: str, command_id: str) -> None:
         """Tell ``owner`` to send a cancel for ``command_id`` to the edge."""
 
-    def publish_status(self, status: Status) -> None:
-        """Let the other instances' clients see ``status``."""
+    def publish_status(self, status: dict[str, Any]) -> None:
+        """Let the other instances' clients see ``status`` (a status frame's dict)."""
 
 
 LocalFleet = Fleet
@@ -168,9 +168,8 @@ class RedisFleet(Fleet):
     def cancel(self, owner: str, edge_id: str, command_id: str) -> None:
         self._publish(self.k.instance_channel(owner), {"k": "cancel", "e": edge_id, "c": command_id})
 
-    def publish_status(self, status: Status) -> None:
-        self._publish(self.k.status_channel, {"from": self.instance, "s": status.model_dump(mode="json",
-                                                                                          exclude_none=True)})
+    def publish_status(self, status: dict[str, Any]) -> None:
+        self._publish(self.k.status_channel, {"from": self.instance, "s": status})
 
     def _publish(self, channel: str, message: dict[str, Any]) -> None:
         self._outgoing.append((channel, json.dumps(message, separators=(",", ":"))))
@@ -212,7 +211,8 @@ class RedisFleet(Fleet):
                 data = json.loads(msg["data"])
                 if msg["channel"] == self.k.status_channel:
                     if data.get("from") != self.instance:
-                        self.events.on_status(Status.model_validate(data["s"]))
+                        self.events.on_status(Status.model_validate(data["s"]).model_dump(mode="json",
+                                                                                          exclude_none=True))
                 elif data["k"] == "poke":
                     self.events.on_poke(data["e"])
                 elif data["k"] == "kick":

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocols.edge.wire import (AckFrame, Cancel, CommandFrame, EdgeCommand, ErrorFrame, Hello, Status, Welcome,
+from protocols.edge.wire import (VERSION, AckFrame, Cancel, CommandFrame, EdgeCommand, ErrorFrame, Hello, Welcome,
                                  WireError, now_iso)
 
 from .audit import AuditLog, AuditRow
@@ -140,9 +140,16 @@ class Hub:
             user_id=user if user is not None else (rec.user if rec else None), detail=detail,
             seq=rec.seq if rec else None, instance=self.instance, payload=payload))
 
-    def _status(self, rec: CommandRecord, error: str | None = None) -> Status:
-        return Status(command_id=rec.command_id, edge_id=rec.edge_id, status=rec.state, at=now_iso(),  # type: ignore
-                      error=error or rec.error, source=rec.user or None, executed_at=rec.executed_at)
+    def _status(self, rec: CommandRecord, error: str | None = None) -> dict[str, Any]:
+        """A status frame, as the dict :class:`~protocols.edge.wire.Status` dumps to: every field comes from a
+        validated record, and building the model again cost more than all the rest of a status."""
+        frame: dict[str, Any] = {"v": VERSION, "type": "status", "command_id": rec.command_id,
+                                 "edge_id": rec.edge_id, "status": rec.state, "at": now_iso()}
+        for key, value in (("error", error or rec.error), ("source", rec.user or None),
+                           ("executed_at", rec.executed_at)):
+            if value is not None:
+                frame[key] = value
+        return frame
 
     def _notify(self, rec: CommandRecord, error: str | None = None) -> None:
         status = self._status(rec, error)
@@ -358,8 +365,8 @@ class Hub:
                             f"had not journaled seq {moved.seq}")
         if moved is None:
             return
-        conn.outbox.put(CommandFrame(seq=moved.seq, command=moved.command.model_copy(
-            update={"expiry_sec": max(0.001, round(left, 3))})))
+        command = moved.command.model_copy(update={"expiry_sec": max(0.001, round(left, 3))})
+        conn.outbox.put(CommandFrame.model_construct(v=VERSION, type="command", seq=moved.seq, command=command))
 
     async def on_ack(self, conn: EdgeConn, frame: AckFrame) -> None:
         """An ack from ``conn``'s edge (see the module docstring)."""
@@ -411,7 +418,7 @@ class Hub:
         if conn is not None:
             conn.outbox.put(Cancel(command_id=command_id))
 
-    def on_status(self, status: Status) -> None:
+    def on_status(self, status: dict[str, Any]) -> None:
         self.clients.deliver(status)
 
     # ---- deadlines and housekeeping
@@ -457,6 +464,7 @@ class Hub:
         while True:
             await asyncio.sleep(2.0)  # the housekeeping period
             try:
+                self.limits.expire()
                 await self.edges.save_dirty()
                 if time.monotonic() - last_purge > 60:
                     last_purge = time.monotonic()

@@ -11,10 +11,12 @@ the router's memory.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from typing import Any, Awaitable, Callable
 
+import msgpack
 from pydantic import BaseModel
 
 from protocols.edge.wire import encode
@@ -25,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Encoded:
-    """A frame encoded at most once per form (msgpack, JSON), however many peers it goes to."""
+    """A frame encoded at most once per form (msgpack, JSON), however many peers it goes to. The frame is a
+    wire model, or the plain dict of one (what ``model_dump(mode="json", exclude_none=True)`` would give:
+    the router builds its status frames that way, each field taken from a record it has validated)."""
 
     __slots__ = ("frame", "_binary", "_text")
 
-    def __init__(self, frame: BaseModel) -> None:
+    def __init__(self, frame: BaseModel | dict[str, Any]) -> None:
         self.frame = frame
         self._binary: bytes | None = None
         self._text: str | None = None
@@ -37,10 +41,12 @@ class Encoded:
     def get(self, text: bool) -> bytes | str:
         if text:
             if self._text is None:
-                self._text = encode(self.frame, text=True)  # type: ignore[assignment]
+                self._text = json.dumps(self.frame, separators=(",", ":")) if isinstance(self.frame, dict) \
+                    else encode(self.frame, text=True)  # type: ignore[assignment]
             return self._text  # type: ignore[return-value]
         if self._binary is None:
-            self._binary = encode(self.frame)  # type: ignore[assignment]
+            self._binary = msgpack.packb(self.frame, use_bin_type=True) if isinstance(self.frame, dict) \
+                else encode(self.frame)  # type: ignore[assignment]
         return self._binary  # type: ignore[return-value]
 
 
@@ -65,7 +71,7 @@ class Outbox:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"outbox-{self.name}")
         return self
 
-    def put(self, frame: BaseModel | Encoded) -> bool:
+    def put(self, frame: BaseModel | dict[str, Any] | Encoded) -> bool:
         """Queue a frame; False if the connection is closing or closed."""
         if self.closed or self._closing is not None:
             return False

@@ -48,6 +48,7 @@ class RouterServer:
         self.uvicorn = _Uvicorn(uvicorn.Config(
             create_app(config), host=self.host, port=self.requested_port, ws="websockets-sansio",
             ws_ping_interval=listen.ping_interval_s, ws_ping_timeout=listen.ping_timeout_s, ws_max_size=1 << 20,
+            ws_per_message_deflate=listen.compression,
             lifespan="on", log_config=None, access_log=False, backlog=listen.backlog, timeout_graceful_shutdown=5,
             http="h11"), self._started)
         self._on_started = on_started
@@ -76,8 +77,17 @@ class RouterServer:
         return f"ws://{self.host}:{self.port}"
 
     def run(self) -> int:
-        """Serve until SIGTERM/SIGINT (main thread); 0 when stopped, 1 if uvicorn could not start."""
-        self.uvicorn.run()
+        """Serve until SIGTERM/SIGINT (main thread); 0 when stopped, 1 if uvicorn could not start.
+
+        uvicorn re-raises the signal it shut down for once it has restored the handlers it found; the
+        handlers it finds here swallow it, so a SIGTERM is a clean stop (exit 0), not a death by signal."""
+        import signal
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.uvicorn.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return 0 if self.uvicorn.started else 1
 
     def start(self, timeout: float = 15.0) -> "RouterServer":

@@ -67,7 +67,7 @@ class RouterState:
             limits = RateLimits(config.limits, redis_url=config.redis.url, redis_pool=limits_pool,
                                 prefix=config.redis.prefix)
         else:
-            db = SqliteDb(sqlite_path)
+            db = SqliteDb(sqlite_path, config.store.commit_interval_s)
             store = SqliteStore(db)
             fleet = Fleet(instance)
             limits = RateLimits(config.limits)
@@ -76,7 +76,7 @@ class RouterState:
             from .audit_postgres import PostgresAudit
             audit = PostgresAudit(config.postgres.dsn, config.postgres.table)
         else:
-            audit = SqliteAudit(db if db is not None else SqliteDb(sqlite_path))
+            audit = SqliteAudit(db if db is not None else SqliteDb(sqlite_path, config.store.commit_interval_s))
         await store.open()
         await audit.open()
         hub = Hub(config, store=store, audit=audit, limits=limits, fleet=fleet)

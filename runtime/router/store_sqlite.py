@@ -1,11 +1,12 @@
 """The command store in a SQLite file: the default, for one router instance.
 
 Tables: ``commands`` (one row per command: the command as JSON, edge, seq, state, times, deadline, open flag),
-``edge_seq`` (each edge's last seq) and ``edges`` (what each edge published). Writes go through the shared
-:class:`~runtime.router.sqlite_db.SqliteDb` (group commit at the next loop turn, or at :meth:`flush`).
+``edge_seq`` (each edge's last seq) and ``edges`` (what each edge published).
 
-One router owns the file, so the open commands are also kept in memory (``_open``): an ack or a send then
-needs no read and no JSON parse. Runs on the router's loop thread; every call is short.
+One router owns the file, so the open commands are kept in memory (``_open``): an ack or a send needs no
+read and no JSON parse. A change marks the record dirty; the shared :class:`~runtime.router.sqlite_db.SqliteDb`
+writes every dirty record once per loop turn (one upsert each, however many times it changed in that turn)
+in its group commit. Runs on the router's loop thread; every call is short.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ CREATE TABLE IF NOT EXISTS edges (edge_id TEXT PRIMARY KEY, info TEXT NOT NULL);
 """
 _COLUMNS = ("command_id, command, seq, state, user, submitted_at, expires_at, origin, sent_at, deadline, error, "
             "executed_at, updated_at, sends, digest, open")
+_UPSERT = (f"INSERT INTO commands ({_COLUMNS}, edge_id, dkey, priority, command_type) VALUES "
+           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (command_id) DO UPDATE SET "
+           "state = excluded.state, sent_at = excluded.sent_at, deadline = excluded.deadline, "
+           "error = excluded.error, executed_at = excluded.executed_at, updated_at = excluded.updated_at, "
+           "sends = excluded.sends, open = excluded.open")
+_SEQ = "INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET seq = excluded.seq"
 
 
 def _record(row: tuple[Any, ...]) -> CommandRecord:
@@ -58,6 +65,33 @@ class SqliteStore(Store):
         #: edge -> its open commands, in seq order (insertion order: seqs are given in order)
         self._edge_open: dict[str, dict[str, CommandRecord]] = {}
         self._seq: dict[str, int] = {}
+        #: changed since the last commit: command id -> record, edge id -> last seq, edge id -> info JSON
+        self._dirty: dict[str, CommandRecord] = {}
+        self._dirty_seq: set[str] = set()
+        self._dirty_edges: dict[str, str] = {}
+        self.db.add_writer(self._write)
+
+    def _write(self) -> None:
+        """The group commit's part of this store: every dirty record, seq and edge, once."""
+        if self._dirty:
+            rows = [(r.command_id, r.command.model_dump_json(exclude_none=True), r.seq, r.state, r.user,
+                     r.submitted_at, r.expires_at, r.origin, r.sent_at, r.deadline, r.error, r.executed_at,
+                     r.updated_at, r.sends, r.digest, 1 if r.extra.get("open") else 0, r.edge_id,
+                     supersede_key(r.command), r.command.priority, r.command.command_type)
+                    for r in self._dirty.values()]
+            self._dirty = {}
+            self.db.executemany(_UPSERT, rows)
+        if self._dirty_seq:
+            self.db.executemany(_SEQ, [(e, self._seq[e]) for e in self._dirty_seq])
+            self._dirty_seq = set()
+        if self._dirty_edges:
+            self.db.executemany("INSERT INTO edges (edge_id, info) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE "
+                                "SET info = excluded.info", list(self._dirty_edges.items()))
+            self._dirty_edges = {}
+
+    def _changed(self, rec: CommandRecord) -> None:
+        self._dirty[rec.command_id] = rec
+        self.db.dirty()
 
     async def open(self) -> None:
         self.db.conn.executescript(_SCHEMA)
@@ -77,8 +111,7 @@ class SqliteStore(Store):
         edge = command.target.edge_id
         seq = self._seq.get(edge, 0) + 1
         self._seq[edge] = seq
-        self.db.execute("INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET "
-                        "seq = excluded.seq", (edge, seq))
+        self._dirty_seq.add(edge)
         dkey = supersede_key(command)
         superseded: list[CommandRecord] = []
         if command.supersede and command.command_type != "system":
@@ -95,16 +128,12 @@ class SqliteStore(Store):
                             expires_at=expires_at, origin=origin, deadline=expires_at, updated_at=now,
                             digest=digest)
         rec.extra["open"] = True
-        self.db.execute(f"INSERT INTO commands ({_COLUMNS}, edge_id, dkey, priority, command_type) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (rec.command_id, command.model_dump_json(exclude_none=True), seq, QUEUED, user, now,
-                         expires_at, origin, None, expires_at, None, None, now, 0, digest, 1, edge, dkey,
-                         command.priority, command.command_type))
         self._remember(rec)
+        self._changed(rec)
         return PutResult("new", rec, superseded)
 
     async def get(self, command_id: str) -> CommandRecord | None:
-        rec = self._open.get(command_id)
+        rec = self._open.get(command_id) or self._dirty.get(command_id)
         if rec is not None:
             return rec
         rows = self.db.query(f"SELECT {_COLUMNS} FROM commands WHERE command_id = ?", (command_id,))
@@ -133,10 +162,7 @@ class SqliteStore(Store):
             rec.extra["open"] = False
             self._open.pop(command_id, None)
             self._edge_open.get(rec.edge_id, {}).pop(command_id, None)
-        self.db.execute("UPDATE commands SET state = ?, deadline = ?, updated_at = ?, error = ?, executed_at = ?, "
-                        "sent_at = ?, sends = ?, open = ? WHERE command_id = ?",
-                        (to, deadline, now, rec.error, rec.executed_at, rec.sent_at, rec.sends,
-                         0 if close else 1, command_id))
+        self._changed(rec)
         return rec, True
 
     def _open_of(self, edge_id: str) -> list[CommandRecord]:
@@ -157,8 +183,8 @@ class SqliteStore(Store):
     async def bump_seq(self, edge_id: str, at_least: int) -> None:
         if self._seq.get(edge_id, 0) < at_least:
             self._seq[edge_id] = at_least
-            self.db.execute("INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE "
-                            "SET seq = excluded.seq", (edge_id, at_least))
+            self._dirty_seq.add(edge_id)
+            self.db.dirty()
 
     async def due(self, now: float, limit: int = 500) -> list[CommandRecord]:
         found = [r for r in self._open.values() if r.deadline is not None and r.deadline <= now]
@@ -170,23 +196,25 @@ class SqliteStore(Store):
         for r in self._open.values():
             if r.state in IN_FLIGHT and r.deadline is not None and r.deadline < until:
                 r.deadline = until
-                self.db.execute("UPDATE commands SET deadline = ? WHERE command_id = ?", (until, r.command_id))
+                self._changed(r)
                 count += 1
         return count
 
     async def save_edge(self, edge_id: str, info: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO edges (edge_id, info) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET "
-                        "info = excluded.info", (edge_id, json.dumps(info, separators=(",", ":"))))
+        self._dirty_edges[edge_id] = json.dumps(info, separators=(",", ":"))
+        self.db.dirty()
 
     async def load_edges(self) -> dict[str, dict[str, Any]]:
+        self.db.commit()
         return {edge: json.loads(info) for edge, info in self.db.query("SELECT edge_id, info FROM edges")}
 
     async def purge(self, before: float) -> int:
-        cur = self.db.execute("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))
+        self.db.commit()
+        cur = self.db.execute("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))  # autocommits
         return cur.rowcount
 
     async def flush(self) -> None:
-        self.db.commit()
+        await self.db.durable()
 
     async def close(self) -> None:
         self.db.release()
