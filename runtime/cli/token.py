@@ -74,11 +74,14 @@ def _signing(args: argparse.Namespace) -> tuple[object, str, str, str | None]:
         raise ValueError("give --audience (or --config with [auth] audience)")
     if args.key:
         from pathlib import Path
-        pem = Path(args.key).read_text(encoding="utf-8")
-        alg = args.alg or ("RS256" if "RSA" in pem else "EdDSA")
-        if alg == "HS256":
-            raise ValueError("--key is a private key: use --alg RS256 or EdDSA")
-        return pem, alg, audience, issuer
+
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        key = load_pem_private_key(Path(args.key).read_bytes(), password=None)
+        kind = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "EdDSA"
+        if args.alg not in (None, kind):
+            raise ValueError(f"--key {args.key} signs {kind}, not {args.alg}")
+        return key, kind, audience, issuer
     if not secret:
         raise ValueError("give --config, --secret or --key")
     if args.alg not in (None, "HS256"):
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.router.auth import edge_claims, mint, user_claims
     try:
         key, alg, audience, issuer = _signing(args)
-    except (ValueError, OSError, ConfigFileError) as exc:
+    except (ValueError, TypeError, OSError, ConfigFileError) as exc:
         print(f"coordinator token: {exc}", file=sys.stderr)
         return 2
     if args.kind == "user":

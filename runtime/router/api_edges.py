@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/v1/edges", tags=["edges"])
 
 async def _listing(state: RouterState, who: Principal) -> list[dict[str, Any]]:
     hub = state.hub
-    known = sorted(set(hub.edges.known()) | set(hub.registry.ids()))
+    known = sorted(set(await hub.edges.known()) | set(hub.registry.ids()))
     owners = await hub.fleet.owners(known)
     return await hub.edges.listing(who.viewable(), owners)
 

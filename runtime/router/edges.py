@@ -39,8 +39,8 @@ class EdgeDirectory:
         self._caps.clear()
         self._loaded_at = time.monotonic()
 
-    async def _refresh(self) -> None:
-        if self.store.shared and time.monotonic() - self._loaded_at > self.fleet_cache_s:
+    async def _refresh(self, force: bool = False) -> None:
+        if self.store.shared and (force or time.monotonic() - self._loaded_at > self.fleet_cache_s):
             fresh = await self.store.load_edges()
             for edge, info in fresh.items():
                 if edge not in self._dirty and info != self._info.get(edge):
@@ -110,7 +110,6 @@ class EdgeDirectory:
 
     async def listing(self, viewable: frozenset[str] | str, owners: dict[str, str | None]) -> list[dict[str, Any]]:
         """Every known edge the caller may view, with ``online`` (and where) from ``owners``."""
-        await self._refresh()
         out = []
         for edge_id in sorted(set(self._info) | set(owners)):
             if viewable != "*" and edge_id not in viewable:
@@ -125,5 +124,7 @@ class EdgeDirectory:
             out.append(info)
         return out
 
-    def known(self) -> list[str]:
+    async def known(self) -> list[str]:
+        """Every edge this router (or, in a fleet, any router) has seen, read afresh from a shared store."""
+        await self._refresh(force=True)
         return list(self._info)

@@ -148,6 +148,11 @@ class FakeEdge(_Waits):
         self._reader = asyncio.get_running_loop().create_task(self._read(), name=f"fake-edge-{self.edge_id}")
         return frame
 
+    async def connect_to(self, base_url: str, **kw: Any) -> Welcome:
+        """Connect to another router instance (the same edge, the same journal)."""
+        self.url = base_url.rstrip("/") + "/ws/edge"
+        return await self.connect(**kw)
+
     async def _read(self) -> None:
         assert self.ws is not None
         try:
