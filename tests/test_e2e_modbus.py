@@ -288,7 +288,7 @@ def test_site_stops_promptly_while_a_battery_is_silent() -> None:
         r.until(lambda: silent.dropped > 0, what="the silent battery swallowing a request")
         assert r.site is not None and r.site.command(stuck).status is S.DISPATCHED
         # one silent battery delays nobody else
-        ok = r.wait(r.submit("bat-ok", CT.SET_CHARGE_RATE, 20.0), timeout=2.0)
+        ok = r.wait(r.submit("bat-ok", CT.SET_CHARGE_RATE, 20.0), timeout=10.0)
         assert ok.status is S.COMPLETED, ok
 
         r.site.stop()

@@ -282,7 +282,7 @@ def test_a_device_that_does_not_fit_the_map_stays_down_with_the_reason():
     async def t() -> None:
         rig = Rig(RegisterMap.default())  # a plain battery ...
         await rig.sim.start()
-        link = ModbusBatteryLink("127.0.0.1", rig.sim.port, register_map=sunspec_map(), timeout=0.25,
+        link = ModbusBatteryLink("127.0.0.1", rig.sim.port, register_map=sunspec_map(), timeout=5.0,
                                  reconnect_delay=0.02, reconnect_delay_max=0.05)  # ... driven as SunSpec
         await link.start(DeviceContext(asyncio.get_running_loop(), rig.clock), rig.events.append)
         await until(lambda: link.stats["attempts"] >= 3, what="three discovery attempts")

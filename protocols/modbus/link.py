@@ -188,10 +188,18 @@ class ModbusBatteryLink(DeviceLink):
             self._poll_timer.cancel()
             self._poll_timer = None
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        # Python 3.11's asyncio.wait_for (inside pymodbus's connect and requests) can swallow a cancel that
+        # lands as its inner future completes: cancel again until both tasks are done (bounded).
+        for _ in range(20):
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+        if pending:
+            log.error("%s: tasks %s did not stop within 10 s", self.describe(),
+                      sorted(t.get_name() for t in pending))
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -297,7 +305,7 @@ class ModbusBatteryLink(DeviceLink):
         assert self._lost is not None and self._first_attempt is not None and self._poll_wakeup is not None
         self._backoff = self.reconnect_delay
         down_reported = False
-        while True:
+        while self._running:
             self.stats["attempts"] += 1
             try:
                 error = await self._connect_once()
