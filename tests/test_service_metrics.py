@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime import BatterySpec, ChargerSpec, Command, CommandType, RestartPolicy, Site
 from runtime.config.models import HttpConfig
 from runtime.core.events import Event, EventType
+from runtime.core.retention import CompactionPolicy
 from runtime.service import metrics as metrics_module
 from runtime.service.http_api import HttpComponent
 from runtime.service.metrics import METRICS, SiteMetrics, site_metrics
@@ -143,9 +144,38 @@ def test_journal_sizes_are_read_at_scrape_time(scraper, tmp_path):
     scraper.post(command("j1", "ev-1", 3))
     scraper.site.wait_for("j1")
     journal = tmp_path / "journal"
-    size = scraper.value("coordinator_journal_bytes", file="commands.jnl")
-    assert size is not None and 0 < size <= os.stat(journal / "commands.jnl").st_size
-    assert scraper.value("coordinator_journal_bytes", file="events.jnl") is not None
+    size = scraper.value("coordinator_journal_bytes", stream="commands")
+    on_disk = sum(os.stat(p).st_size for p in journal.glob("commands.*"))
+    assert size is not None and 0 < size <= on_disk
+    assert scraper.value("coordinator_journal_files", stream="commands") >= 1
+    assert scraper.value("coordinator_journal_bytes", stream="events") > 0
+    assert scraper.value("coordinator_journal_compactions_total", stream="commands") == 0  # none was due
+
+
+def test_the_last_compaction_is_in_the_metrics(tmp_path):
+    # every commit is due for compaction (one byte is "full"): the first command's commit starts one
+    site = Site([ChargerSpec("ev-1")], journal_dir=tmp_path / "journal",
+                compaction=CompactionPolicy(max_log_bytes=1)).start()
+    scraper = Scraper(site)
+    try:
+        scraper.post(command("c1", "ev-1", 3))
+        site.wait_for("c1")
+        # c1 is final and nothing else commits: once no compaction runs, the figures stay put
+        wait_until(lambda: site.journal_stats().commands.compactions >= 1
+                   and not site.journal_stats().commands.compacting, what="a compaction finished")
+        stats = site.journal_stats().commands
+        v = scraper.value
+        assert v("coordinator_journal_compactions_total", stream="commands") == stats.compactions
+        assert v("coordinator_journal_last_compaction_timestamp_seconds", stream="commands") == \
+            stats.last_compaction_at
+        assert v("coordinator_journal_last_compaction_duration_seconds", stream="commands") == \
+            stats.last_compaction_s
+        assert v("coordinator_journal_last_compaction_bytes", stream="commands", when="before") == \
+            stats.last_bytes_before > 0
+        assert v("coordinator_journal_last_compaction_bytes", stream="commands", when="after") == \
+            stats.last_bytes_after
+    finally:
+        scraper.close()
 
 
 def test_the_scrape_is_the_text_format_and_every_documented_metric_is_there(scraper):

@@ -9,9 +9,10 @@ Where each value comes from, and in which thread it is computed:
   scrape never delays the runtime, and the runtime never waits for the metrics. prometheus_client metrics are thread-safe;
   the little state the subscriber keeps (which commands are open, when each was first dispatched)
   is guarded by a lock.
-* **scrape time** (journal sizes, actor inbox depths, the site's state): read by a collector when the
-  registry is rendered, on the I/O loop. Each read is cheap and never blocks: an ``os.stat`` per
-  journal file, ``qsize()`` of an actor's inbox, an attribute. No actor is asked from the collector.
+* **scrape time** (journal sizes and compactions, actor inbox depths, the site's state): read by a
+  collector when the registry is rendered, on the I/O loop. Each read is cheap and never blocks:
+  :meth:`Site.journal_stats` (a directory listing and counters), ``qsize()`` of an actor's inbox, an
+  attribute. No actor is asked from the collector.
 * **the loop, at start and before a scrape** (:meth:`start`, :meth:`refresh`): a few asks through
   :meth:`Site.ask_async` (bounded, no thread waits) to learn what no event says: the commands that
   were already open and the link states when the metrics started, and the current asset actors
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.messages import GetAssetRef, ListCommands, Subscribe, Unsubscribe
@@ -41,7 +41,7 @@ from runtime.core.events import Event, EventType
 from runtime.site import Site
 
 from .gateway import SiteGateway
-from .siteinfo import asset_kinds, journal_files
+from .siteinfo import asset_kinds
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,16 @@ METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("coordinator_events_total", "counter", "type", "site events, by event type"),
     ("coordinator_actor_inbox_messages", "gauge", "actor, asset",
      "messages waiting in an actor's inbox (dispatcher, supervisor, events, asset)"),
-    ("coordinator_journal_bytes", "gauge", "file", "size of each journal file"),
+    ("coordinator_journal_bytes", "gauge", "stream", "bytes on disk of each journal stream (commands, events)"),
+    ("coordinator_journal_files", "gauge", "stream", "files on disk of each journal stream"),
+    ("coordinator_journal_compactions_total", "counter", "stream",
+     "compactions of the command journal; retention passes of the event journal that deleted something"),
+    ("coordinator_journal_last_compaction_timestamp_seconds", "gauge", "stream",
+     "when the last compaction ended (site clock, epoch seconds)"),
+    ("coordinator_journal_last_compaction_duration_seconds", "gauge", "stream",
+     "how long the last compaction took (real seconds)"),
+    ("coordinator_journal_last_compaction_bytes", "gauge", "stream, when",
+     "the stream's bytes before and after the last compaction (when: before, after)"),
     ("coordinator_site_running", "gauge", "", "1 while the site runs, 0 when it failed or stopped"),
     ("coordinator_folder_files_total", "counter", "outcome",
      "schedule files taken from the watched folder: done or failed"),
@@ -282,30 +291,44 @@ class _ScrapeCollector(Collector):
     def __init__(self, metrics: SiteMetrics) -> None:
         self._metrics = metrics
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Any]:
         return iter(self._families())
 
-    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
-        return (GaugeMetricFamily("coordinator_journal_bytes", _doc("coordinator_journal_bytes"), labels=["file"]),
-                GaugeMetricFamily("coordinator_actor_inbox_messages", _doc("coordinator_actor_inbox_messages"),
-                                  labels=["actor", "asset"]),
-                GaugeMetricFamily("coordinator_site_running", _doc("coordinator_site_running")))
+    def _families(self) -> list[Any]:
+        def gauge(name: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, _doc(name), labels=labels)
+        return [gauge("coordinator_journal_bytes", ["stream"]), gauge("coordinator_journal_files", ["stream"]),
+                CounterMetricFamily("coordinator_journal_compactions", _doc("coordinator_journal_compactions_total"),
+                                    labels=["stream"]),
+                gauge("coordinator_journal_last_compaction_timestamp_seconds", ["stream"]),
+                gauge("coordinator_journal_last_compaction_duration_seconds", ["stream"]),
+                gauge("coordinator_journal_last_compaction_bytes", ["stream", "when"]),
+                gauge("coordinator_actor_inbox_messages", ["actor", "asset"]),
+                gauge("coordinator_site_running", [])]
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Any]:
         site = self._metrics.site
-        journal, inbox, running = self._families()
-        for path in journal_files(site):
-            try:
-                journal.add_metric([path.name], os.stat(path).st_size)
-            except OSError:  # not written yet
-                pass
+        families = self._families()
+        journal, files, compactions, last_at, last_s, last_bytes, inbox, running = families
+        stats = site.journal_stats()
+        for stream in (stats.commands, stats.events) if stats is not None else ():
+            journal.add_metric([stream.name], stream.bytes)
+            files.add_metric([stream.name], stream.files)
+            compactions.add_metric([stream.name], stream.compactions)
+            if stream.last_compaction_at is not None:
+                last_at.add_metric([stream.name], stream.last_compaction_at)
+            if stream.last_compaction_s is not None:
+                last_s.add_metric([stream.name], stream.last_compaction_s)
+            if stream.last_bytes_before is not None and stream.last_bytes_after is not None:
+                last_bytes.add_metric([stream.name, "before"], stream.last_bytes_before)
+                last_bytes.add_metric([stream.name, "after"], stream.last_bytes_after)
         for name, depth in site.inbox_depths().items():
             inbox.add_metric([name, ""], float(depth))
         for asset_id, ref in list(self._metrics._asset_refs.items()):
             if _alive(ref):
                 inbox.add_metric(["asset", asset_id], _depth(ref))
         running.add_metric([], 1.0 if site.state == "running" else 0.0)
-        return iter((journal, inbox, running))
+        return iter(families)
 
 
 def _depth(ref: Any) -> float:

@@ -1,29 +1,18 @@
 """What the site process's components read about a :class:`~runtime.site.Site` besides asking its
-actors: the kind of each asset, where its journal is, its core actors' inbox depths and whether its
+actors: the kind of each asset, its core actors' inbox depths and whether its
 start-up health round finished. Every one is a plain read of the Site's public API that never asks
 an actor, so it may run on the I/O loop (a metrics scrape).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from runtime.site import Site
 
-__all__ = ["asset_kinds", "journal_files", "inbox_depths", "start_complete"]
-
-#: The journal files a site writes in its journal directory.
-JOURNAL_FILES = ("commands.jnl", "events.jnl")
-
+__all__ = ["asset_kinds", "inbox_depths", "start_complete"]
 
 def asset_kinds(site: Site) -> dict[str, str]:
     """{asset_id: "charger" | "battery"} for every asset of the site (fixed for its lifetime)."""
     return {asset_id: spec.kind for asset_id, spec in site.specs.items()}
-
-
-def journal_files(site: Site) -> list[Path]:
-    """The journal files of the site (they may not exist yet); [] for a site without a journal."""
-    return [] if site.journal_dir is None else [Path(site.journal_dir) / name for name in JOURNAL_FILES]
 
 
 def inbox_depths(site: Site) -> dict[str, int]:
