@@ -11,6 +11,7 @@ housekeeping). In a fleet, another instance's edges are read back from the store
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -33,6 +34,9 @@ class EdgeDirectory:
         self._caps: dict[str, Capabilities | None] = {}
         self._dirty: set[str] = set()
         self._loaded_at = 0.0
+        #: fleet: when each edge was last read back, and the JSON read (unchanged JSON is not parsed again)
+        self._checked: dict[str, float] = {}
+        self._raw: dict[str, str] = {}
 
     async def load(self) -> None:
         self._info = await self.store.load_edges()
@@ -52,8 +56,17 @@ class EdgeDirectory:
         return self._info.setdefault(edge_id, {"edge_id": edge_id})
 
     async def capabilities_of(self, edge_id: str) -> Capabilities | None:
-        """The last capabilities ``edge_id`` published (None: never)."""
-        await self._refresh()
+        """The last capabilities ``edge_id`` published (None: never). In a fleet, an edge connected elsewhere is
+        read back from the store (that edge alone) at most every ``fleet_cache_s``."""
+        if self.store.shared and edge_id not in self._dirty:
+            checked = self._checked.get(edge_id, -1e9)
+            if time.monotonic() - checked > self.fleet_cache_s:
+                self._checked[edge_id] = time.monotonic()
+                raw = await self.store.load_edge_raw(edge_id)
+                if raw is not None and raw != self._raw.get(edge_id):
+                    self._raw[edge_id] = raw
+                    self._info[edge_id] = json.loads(raw)
+                    self._caps.pop(edge_id, None)
         if edge_id not in self._caps:
             raw = self._info.get(edge_id, {}).get("capabilities")
             self._caps[edge_id] = Capabilities.model_validate(raw) if raw else None

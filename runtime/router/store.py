@@ -139,6 +139,12 @@ class Store(ABC):
     async def load_edges(self) -> dict[str, dict[str, Any]]:
         """Every edge remembered by :meth:`save_edge`."""
 
+    async def load_edge_raw(self, edge_id: str) -> str | None:
+        """One edge remembered by :meth:`save_edge`, as the JSON text saved (None: never saved)."""
+        import json
+        info = (await self.load_edges()).get(edge_id)
+        return None if info is None else json.dumps(info)
+
     @abstractmethod
     async def purge(self, before: float) -> int:
         """Forget final commands last changed before ``before`` (how many)."""

@@ -339,5 +339,8 @@ class RedisStore(Store):
     async def load_edges(self) -> dict[str, dict[str, Any]]:
         return {edge: json.loads(info) for edge, info in (await self.r.hgetall(self.k.edges)).items()}
 
+    async def load_edge_raw(self, edge_id: str) -> str | None:
+        return await self.r.hget(self.k.edges, edge_id)
+
     async def purge(self, before: float) -> int:
         return 0  # final commands expire on their own (PEXPIRE at close)
