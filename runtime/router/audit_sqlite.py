@@ -49,7 +49,7 @@ class SqliteAudit(AuditLog):
     def record(self, row: AuditRow) -> None:
         self._pending.append((row.at, row.kind, row.command_id, row.edge_id, row.user_id, row.status, row.detail,
                               row.seq, row.instance,
-                              None if row.payload is None else json.dumps(row.payload, separators=(",", ":"))))
+                              row.payload_json()))
         self.db.dirty()
 
     async def flush(self) -> None:

@@ -28,8 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocols.edge.wire import (VERSION, AckFrame, Cancel, CommandFrame, EdgeCommand, ErrorFrame, Hello, Welcome,
-                                 WireError, now_iso)
+from protocols.edge.wire import VERSION, AckFrame, Cancel, EdgeCommand, ErrorFrame, Hello, Welcome, WireError
 
 from .audit import AuditLog, AuditRow
 from .auth import Principal
@@ -48,6 +47,16 @@ __all__ = ["Hub", "SubmitOutcome", "Refusal"]
 
 log = logging.getLogger(__name__)
 _STATES = (QUEUED, SENT, DELIVERED, ACCEPTED, TIMED_OUT)
+_second: list[Any] = [None, ""]
+
+
+def _now_iso() -> str:
+    """:func:`~protocols.edge.wire.now_iso` for the status frames, the date and time formatted once a second."""
+    t = time.time()
+    whole = int(t)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((t - whole) * 1000):03d}Z"
 #: ack status -> {state it may meet: the state it moves the command to} (from next_state, once)
 _MOVES = {ack: {s: n for s in _STATES if (n := next_state(s, ack)) is not None} for ack in ACK_STATE}
 
@@ -136,7 +145,7 @@ class Hub:
     # ---- audit and status
 
     def _audit(self, kind: str, status: str, rec: CommandRecord | None = None, *, user: str | None = None,
-               detail: str | None = None, payload: dict[str, Any] | None = None, command_id: str | None = None,
+               detail: str | None = None, payload: str | None = None, command_id: str | None = None,
                edge_id: str | None = None, at: float | None = None) -> None:
         self.audit.record(AuditRow(
             at=self.clock() if at is None else at, kind=kind, status=status,
@@ -149,7 +158,7 @@ class Hub:
         """A status frame, as the dict :class:`~protocols.edge.wire.Status` dumps to: every field comes from a
         validated record, and building the model again cost more than all the rest of a status."""
         frame: dict[str, Any] = {"v": VERSION, "type": "status", "command_id": rec.command_id,
-                                 "edge_id": rec.edge_id, "status": rec.state, "at": now_iso()}
+                                 "edge_id": rec.edge_id, "status": rec.state, "at": _now_iso()}
         for key, value in (("error", error or rec.error), ("source", rec.user or None),
                            ("executed_at", rec.executed_at)):
             if value is not None:
@@ -238,7 +247,7 @@ class Hub:
                     self.clients.submitted(cid, client)
                 client.outbox.put(self._status(rec))
             return SubmitOutcome(record=rec, duplicate=True)
-        self._audit("submit", QUEUED, rec, payload=stored.model_dump(mode="json", exclude_none=True),
+        self._audit("submit", QUEUED, rec, payload=stored.model_dump_json(exclude_none=True),
                     detail=f"expires in {expiry:g} s")
         for old in result.superseded:
             self._audit("state", old.state, old, detail=old.error)
@@ -357,9 +366,13 @@ class Hub:
                 log.exception("pump of edge %s failed; retrying at the next wake", conn.edge_id)
 
     def _frame(self, conn: EdgeConn, rec: CommandRecord, left: float) -> None:
-        """The command frame for ``rec``, with ``expiry_sec`` the time it has left."""
-        command = rec.command.model_copy(update={"expiry_sec": max(0.001, round(left, 3))})
-        conn.outbox.put(CommandFrame.model_construct(v=VERSION, type="command", seq=rec.seq, command=command))
+        """The command frame for ``rec`` (the dict :class:`~protocols.edge.wire.CommandFrame` dumps to), with
+        ``expiry_sec`` the time it has left."""
+        wire = rec.extra.get("wire")
+        if wire is None:
+            wire = rec.extra["wire"] = rec.command.model_dump(mode="json", exclude_none=True)
+        conn.outbox.put({"v": VERSION, "type": "command", "seq": rec.seq,
+                         "command": {**wire, "expiry_sec": max(0.001, round(left, 3))}})
 
     async def _send(self, conn: EdgeConn, rec: CommandRecord) -> None:
         """Send one open command to ``conn``: QUEUED -> SENT (or, for one in flight the edge has not journaled,
