@@ -285,7 +285,7 @@ def bench_router(n_edges: int = 100, total: int = 20_000, window: int = 200, pac
 
 
 async def _reconnect(config: Path, n_edges: int, limit_per_s: float) -> dict[str, Any]:
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidStatus, WebSocketException
 
     from runtime.router.testkit import FakeEdge, Operator, battery_caps, setpoint
     router = RouterProc(config)
@@ -307,7 +307,8 @@ async def _reconnect(config: Path, n_edges: int, limit_per_s: float) -> dict[str
                 refused += 1
                 retry_after = float(exc.response.headers.get("Retry-After", "1"))
                 delay = max(retry_after, random.uniform(0, min(10.0, 0.5 * 2 ** attempt)))
-            except OSError:
+            except (OSError, TimeoutError, WebSocketException, PermissionError):
+                await edge.close()
                 delay = random.uniform(0, min(10.0, 0.5 * 2 ** attempt))
             attempt += 1
             await asyncio.sleep(delay)   # the edge's reconnect backoff
