@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     secret = sub.add_parser("secret", help="a random per-edge secret, and its line for [edges]")
     secret.add_argument("--edge", required=True, help="the edge id")
     keys = sub.add_parser("keys", help="a signing key pair for RS256 or EdDSA (development)")
-    keys.add_argument("--alg", choices=("RS256", "EdDSA"), default="EdDSA")
+    keys.add_argument("--alg", choices=("RS256", "EdDSA"), default="EdDSA", help="key kind (default EdDSA)")
     keys.add_argument("--out", required=True, metavar="DIR", help="folder for <alg>.key and <alg>.pub")
 
 
