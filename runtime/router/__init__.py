@@ -15,7 +15,8 @@ Modules, one thing each:
 :mod:`.auth`           JWTs (HS256, RS256, EdDSA, JWKS) and edge credentials; who may control / view what
 :mod:`.states`         the command record and the rules of its states
 :mod:`.validate`       a command against the edge's capabilities
-:mod:`.store`          the store interface; :mod:`.store_sqlite` (default), :mod:`.store_redis` (fleet)
+:mod:`.store`          the store interface; :mod:`.store_sqlite` (default), :mod:`.store_redis` (fleet);
+                       :mod:`.sqlite_db` the SQLite file's group commit on a writer thread
 :mod:`.audit`          audit rows and queries; :mod:`.audit_sqlite` (default), :mod:`.audit_postgres`
 :mod:`.ratelimit`      per user, per edge, handshakes (``limits``)
 :mod:`.registry`       the edges connected to this instance; :mod:`.clients` the operators and services
@@ -24,8 +25,9 @@ Modules, one thing each:
 :mod:`.fleet`          owner keys and pub/sub between instances over Redis
 :mod:`.hub`            the command flow: submit, send, resume, acks, timeouts, expiry
 :mod:`.state`          building an instance's parts from its config
-:mod:`.app`            the FastAPI app: :mod:`.ws_edge`, :mod:`.ws_client`, :mod:`.api_commands`,
-                       :mod:`.api_edges`, :mod:`.api_audit` composed, auth as a dependency (:mod:`.deps`)
+:mod:`.app`            the FastAPI app: :mod:`.ws_edge`, :mod:`.ws_client` (and :mod:`.ws_common`),
+                       :mod:`.api_commands`, :mod:`.api_edges`, :mod:`.api_audit` composed, auth as a
+                       dependency (:mod:`.deps`)
 :mod:`.server`         uvicorn, in the main thread or on a thread of its own
 :mod:`.testkit`        a fake edge and an operator client (tests, benchmark)
 =====================  ======================================================================================

@@ -10,8 +10,9 @@ Keys (``<p>`` is ``[redis] prefix``)::
     <p>:edges                 hash: edge id -> what it published (JSON)
     <p>:owner:<edge_id>       which router instance holds the edge's connection (:mod:`.fleet`)
 
-Every change is one Lua script (put, transition), so routers sharing the Redis never both move a command and
-seq order is stream order. A final command's hash expires after ``[store] retention_s`` (its id stays
+Every change is one Lua script (put; transition; claim, which moves all of an edge's queued commands to
+SENT for its pump; ack), so routers sharing the Redis never both move a command, seq order is stream order,
+and a command costs few round trips. A final command's hash expires after ``[store] retention_s`` (its id stays
 known for idempotency until then). The scripts touch keys they compute from the hash, which a single Redis
 (not a Redis Cluster) allows. Runs on the router's loop (redis.asyncio).
 """
