@@ -4,7 +4,8 @@ The handshake: within the instance's handshake limit (else 429), a JWT in the Au
 browsers, ``?access_token=``). Then the client sends ``submit`` frames (or the bare command JSON), ``subscribe``
 (an edge, or none: every edge it may view) and ``cancel``; it gets a ``status`` frame for every state change
 of the commands it submitted and of those on the edges it subscribed to, and an ``error`` frame for each
-refusal (forbidden, rate_limited with retry_after, invalid, duplicate_id, ...), each audited. Frames from one
+refusal (forbidden, rate_limited with retry_after, invalid, duplicate_id, ...), each audited; if the store
+fails (Redis unreachable), an ``unavailable`` error frame, and the connection stays. Frames from one
 connection are handled in the order they came (a later setpoint supersedes an earlier one as sent).
 Replies are msgpack, or JSON text once the client has sent text. Runs on the router's loop.
 """
@@ -12,6 +13,7 @@ Replies are msgpack, or JSON text once the client has sent text. Runs on the rou
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
@@ -19,7 +21,7 @@ from protocols.edge.wire import Cancel, ErrorFrame, Submit, Subscribe, WireError
 
 from .auth import ALL, AuthError
 from .clients import ClientConn
-from .hub import Refusal
+from .hub import Hub, Refusal
 from .outbox import Outbox
 from .state import RouterState
 from .ws_common import Closed, deny_handshake, read_frame, refuse, remote_of
@@ -58,27 +60,13 @@ async def client_socket(websocket: WebSocket) -> None:
                 hub.refused(who, Refusal(exc.code, str(exc), 422, exc.command_id))
                 continue
             outbox.text = text
-            if isinstance(frame, Submit):
-                outcome = await hub.submit(who, frame.command, client=conn)
-                if outcome.refusal is not None:
-                    outbox.put(outcome.refusal.frame())
-            elif isinstance(frame, Subscribe):
-                if frame.edge_id is None:
-                    conn.subscriptions = ALL
-                    hub.subscribers_changed()
-                elif who.may_view(frame.edge_id):
-                    if conn.subscriptions != ALL:
-                        conn.subscriptions.add(frame.edge_id)  # type: ignore[union-attr]
-                    hub.subscribers_changed()
-                else:
-                    outbox.put(hub.refused(who, Refusal("forbidden", f"{who.subject} may not view edge "
-                                                        f"{frame.edge_id!r}", 403), edge_id=frame.edge_id).frame())
-            elif isinstance(frame, Cancel):
-                outcome = await hub.cancel(who, frame.command_id)
-                if outcome.refusal is not None:
-                    outbox.put(outcome.refusal.frame())
-            else:
-                outbox.put(ErrorFrame(code="unexpected", message=f"a client does not send {frame.type} frames"))
+            try:
+                await _handle(hub, conn, frame)
+            except Exception as exc:   # the store or Redis failed: say so and keep the connection
+                log.exception("client %s: %s frame failed", who.subject, frame.type)
+                outbox.put(ErrorFrame(code="unavailable", message=f"the router could not do that now ({exc!r}); "
+                                      "retry later", command_id=getattr(getattr(frame, "command", None),
+                                                                        "command_id", None), retry_after=1.0))
     except Closed:
         pass
     except Exception as exc:  # a dead socket
@@ -87,3 +75,29 @@ async def client_socket(websocket: WebSocket) -> None:
         hub.clients.remove(conn)
         hub.subscribers_changed()
         await outbox.stop()
+
+
+async def _handle(hub: Hub, conn: ClientConn, frame: Any) -> None:
+    """One frame from a client: submit, subscribe or cancel."""
+    who, outbox = conn.principal, conn.outbox
+    if isinstance(frame, Submit):
+        outcome = await hub.submit(who, frame.command, client=conn)
+        if outcome.refusal is not None:
+            outbox.put(outcome.refusal.frame())
+    elif isinstance(frame, Subscribe):
+        if frame.edge_id is None:
+            conn.subscriptions = ALL
+            hub.subscribers_changed()
+        elif who.may_view(frame.edge_id):
+            if conn.subscriptions != ALL:
+                conn.subscriptions.add(frame.edge_id)  # type: ignore[union-attr]
+            hub.subscribers_changed()
+        else:
+            outbox.put(hub.refused(who, Refusal("forbidden", f"{who.subject} may not view edge {frame.edge_id!r}",
+                                                403), edge_id=frame.edge_id).frame())
+    elif isinstance(frame, Cancel):
+        outcome = await hub.cancel(who, frame.command_id)
+        if outcome.refusal is not None:
+            outbox.put(outcome.refusal.frame())
+    else:
+        outbox.put(ErrorFrame(code="unexpected", message=f"a client does not send {frame.type} frames"))
