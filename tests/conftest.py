@@ -8,6 +8,15 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import settings
+
+#: The suite's property tests (hypothesis) run a fixed sequence of examples: the same everywhere, so CI
+#: never goes red by chance. ``HYPOTHESIS_PROFILE=explore`` draws fresh random examples (and keeps failures
+#: in ``.hypothesis/``) to look for new counterexamples; ``COMPACTION_EXAMPLES`` / ``GRID_EXAMPLES`` ask for
+#: more of them. A counterexample found that way becomes a plain regression test.
+settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc)
 

@@ -241,3 +241,23 @@ def test_tables_restored_from_either_journal_accept_the_same_new_commands(tmp_pa
         outcomes.append((created, [c.command_id for c in table.due(history.now + 60)]))
     assert outcomes[0] == outcomes[1] and outcomes[0][0] == ["new"]
     assert {"b-new-0", "b-new-1", "new"} <= set(outcomes[0][1])
+
+
+def test_a_batch_reusing_a_forgotten_id_with_replace_supersedes_after_recovery_as_it_did_live():
+    """Found by the property test: a batch id forgotten past the window and reused by a replacing batch.
+    Recovery of the whole journal dropped the new batch's supersession with the old batch's, so a row it
+    had superseded came back PENDING (the compacted journal was right)."""
+    h = History()
+    h.submit_batch(h.batch("b1", [0.0], [0], [1.0]), replace=False)   # ev-1 at once: sent and completed
+    h.answer(0, "complete")
+    h.tick(1.5 * WINDOW)
+    h.prune()
+    h.tick(1.5 * WINDOW)
+    h.prune()
+    assert not h.table.has_batch("b1")                          # forgotten: the id may be reused
+    h.submit_batch(h.batch("b2", [900.0], [0], [2.0]), replace=False)   # ev-1, later: PENDING
+    h.submit_batch(h.batch("b1", [0.0, 600.0], [0, 0], [3.0, 3.0]), replace=True)  # a new b1 replaces it
+    assert h.table.get("b2-0").status is CommandStatus.SUPERSEDED
+    recovered = restored(recover_records(h.records), h.now)
+    assert recovered.get("b2-0").status is CommandStatus.SUPERSEDED
+    assert recovered.get("b1-1").status is CommandStatus.PENDING

@@ -151,7 +151,7 @@ class _Fold:
         self.batch_pos: dict[str, int] = {}
         self.batch_raw: dict[str, dict[str, Any]] = {}
         self.sup_ids: set[str] = set()
-        self.repeated_sup: dict[str, Any] | None = None  # a bsup of a known id, waiting for its batch record
+        self.preceding_sup: dict[str, Any] | None = None  # the bsup just read, waiting for its batch record
         self.index = 0
 
     def feed(self, records: Iterable[tuple[int, dict[str, Any]] | dict[str, Any]], path: str,
@@ -206,11 +206,11 @@ class _Fold:
                 elif kind == "bsup":
                     sup = {"id": str(rec["id"]), "assets": [str(a) for a in rec["assets"]],
                            "from": float(rec["from"]), "at": float(rec["at"])}
+                    self.preceding_sup = sup  # a new batch reusing a forgotten id keeps it (see _batch)
                     if sup["id"] not in self.sup_ids:
                         self.sup_ids.add(sup["id"])
                         state.batch_supersessions.append(sup)
-                    else:  # a repeated submission (changes nothing), unless a new batch reusing the id follows
-                        self.repeated_sup = sup
+                    # else: a repeated submission (changes nothing), unless a new batch reusing the id follows
                 elif kind == "m":
                     _union(state.masks, str(rec["b"]), rows_from(rec["r"]), float(rec["w"]))
                 elif kind == "f":
@@ -238,7 +238,7 @@ class _Fold:
         state = self.state
         batch = CommandBatch.from_record(raw)
         bid = batch.batch_id
-        sup, self.repeated_sup = self.repeated_sup, None
+        sup, self.preceding_sup = self.preceding_sup, None
         pos = self.batch_pos.get(bid)
         if pos is not None and _same_batch(self.batch_raw[bid], raw):
             return
