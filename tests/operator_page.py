@@ -134,15 +134,19 @@ class EdgeSite:
                                   reconnect_min_s=0.05, reconnect_max_s=0.5, telemetry_interval_s=0,
                                   state_interval_s=0, ping_interval_s=5, ping_timeout_s=5, seed=3)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.clock = RealClock()
         self.site = Site([BatterySpec("bat-1", max_charge_kw=50, max_discharge_kw=50),
-                          ChargerSpec("ev-1", max_kw=22)], clock=RealClock(), journal_dir=self.folder,
+                          ChargerSpec("ev-1", max_kw=22)], clock=self.clock, journal_dir=self.folder,
                          cloud=options).start()
         return self
 
     def stop(self) -> None:
         if self.site is not None:
-            self.site.stop()
-            self.site = None
+            try:
+                self.site.stop()
+            finally:
+                self.clock.stop()   # the Site does not own the clock it is given
+                self.site = None
 
     def device(self, asset_id: str) -> Any:
         return self.site.device(asset_id)

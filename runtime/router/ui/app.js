@@ -1197,7 +1197,7 @@ function fillHistorySites() {
   const signature = ids.join(",");
   if (select.dataset.sig !== signature) {
     select.dataset.sig = signature;
-    select.replaceChildren(h("option", { value: "" }, "All sites"), ids.map((id) => h("option", { value: id }, id)));
+    select.replaceChildren(h("option", { value: "" }, "All sites"), ...ids.map((id) => h("option", { value: id }, id)));
   }
   select.value = wanted;
 }
