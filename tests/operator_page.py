@@ -62,6 +62,7 @@ user = "1000/second"
 edge = "1000/second"
 handshake = "1000/second"
 login = "{login_limit}"
+login_address = "1000/minute"
 
 [users.alice]
 password = "{_hash('alice')}"

@@ -244,8 +244,8 @@ def test_an_out_of_range_value_is_refused_in_the_page_and_a_forged_request_by_th
     page.open_site("e1")
     before = len(env.audit(user_id="alice", kind="submit"))
     page.send("60")
-    page.until(lambda: "Value: 60 kW is outside −50 000 … 50 000 W (bat-1.SetActivePower)" in page.text("#cmd-errors"),
-               "the page's refusal")
+    refusal = "Value: 60 kW is outside −50 000 … 50 000 W (bat-1.SetActivePower)"
+    page.until(lambda: refusal in page.text("#cmd-errors"), "the page's refusal")
     assert page.el("#cmd-value").get_attribute("aria-invalid") == "true"
     assert page.d.switch_to.active_element.get_attribute("id") == "cmd-value"
     assert page.el("#cmd-result").get_attribute("data-command-id") is None
@@ -375,14 +375,16 @@ def test_history_filters_by_site_user_status_and_time_and_exports_csv(page: Page
     page.fill("#f-user", "alice")
     page.el("#history-apply").click()
     page.until(lambda: rows() and all(r.get_attribute("data-kind") == "submit" for r in rows())
-               and all(r.find_element("css selector", "td.user").text == "alice" for r in rows()), "alice's submits")
+               and all(r.find_element("css selector", "td.user").text == "alice" for r in rows()),
+               "alice's submits")
     page.select("#f-range", "custom")
     page.d.execute_script("document.getElementById('f-since').value = '2099-01-01T00:00:00'")
     page.el("#history-apply").click()
     page.until(lambda: page.text("#history-count") == "0 rows", "an empty range")
     page.d.refresh()                                  # the filters are in the address: a reload keeps them
     page.visible("#history-form")
-    assert page.el("#f-kind").get_attribute("value") == "submit" and page.el("#f-user").get_attribute("value") == "alice"
+    assert page.el("#f-kind").get_attribute("value") == "submit"
+    assert page.el("#f-user").get_attribute("value") == "alice"
 
 
 def test_the_page_works_at_a_phones_width(page: Page, env: Env):

@@ -7,7 +7,8 @@
   ``can_view`` from the file and the ``ses`` claim (:data:`~runtime.router.auth.SESSION_CLAIM`). It is then
   used like any other token (Authorization header, ``?access_token=`` on ``/ws/client``). A wrong name or
   password answers 401 with the same message for both (an unknown name costs as long as a wrong password);
-  more attempts than ``[limits] login`` for one user name or from one address answer 429 with Retry-After,
+  more attempts than ``[limits] login`` for one user name (``login_address`` from one address) answer 429
+  with Retry-After,
   before any password is checked. Every sign-in is audited (kind ``login``, status ``SIGNED_IN``), every
   refusal too (kind ``refused``). A router without ``[users]`` answers 404 ``not_available``.
 * ``GET /api/v1/me``: the caller's ``user``, ``can_control`` and ``can_view`` as the router understood the
@@ -66,10 +67,11 @@ async def login(request: Request, state: RouterState = Depends(router_state)) ->
     over = await hub.limits.login(name, remote)
     if over is not None:
         which, wait = over
-        whose = f"user {name!r}" if which == "user" else f"address {remote}"
+        whose, limit = (f"user {name!r}", config.limits.login) if which == "user" else \
+            (f"address {remote}", config.limits.login_address)
         raise ApiError(hub.refused(None, Refusal(
-            "rate_limited", f"too many sign-in attempts for {whose} ({config.limits.login}); retry after "
-            f"{wait:g} s", 429, retry_after=wait), remote=remote))
+            "rate_limited", f"too many sign-in attempts for {whose} ({limit}); retry after {wait:g} s", 429,
+            retry_after=wait), remote=remote))
     user = config.users.get(name)
     ok = await asyncio.to_thread(verify_password, body.password, user.password if user else dummy_hash())
     if user is None or not ok:

@@ -41,7 +41,8 @@ import :mod:`runtime.config` (it pulls in the device protocols), so these models
     user = "20/second"
     edge = "50/second"
     handshake = "200/second"
-    login = "10/minute"               # sign-in attempts per user name and per client address
+    login = "10/minute"               # sign-in attempts per user name
+    login_address = "50/minute"       # ... and per client address
 
     [users.alice]                     # who may sign in to the operator page with a password
     password = "scrypt:16384:8:1:..." # a hash from `coordinator token password`, never the password
@@ -166,12 +167,14 @@ class LimitsConfig(Strict):
     #: Websocket handshakes this router instance accepts (edges and clients): a reconnect storm is spread
     #: out instead of taking the instance down (HTTP 429 with Retry-After beyond it).
     handshake: str = "200/second"
-    #: Sign-in attempts (POST /api/v1/login), counted per user name and per client address: each attempt
-    #: costs a password hash (~50 ms of CPU), and guessing gets slow.
+    #: Sign-in attempts (POST /api/v1/login) per user name: each attempt costs a password hash (~50 ms of
+    #: CPU), and guessing gets slow.
     login: str = "10/minute"
+    #: The same, per client address (higher: many people may sign in from behind one address).
+    login_address: str = "50/minute"
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = "moving-window"
 
-    @field_validator("user", "edge", "handshake", "login")
+    @field_validator("user", "edge", "handshake", "login", "login_address")
     @classmethod
     def _rate(cls, value: str) -> str:
         from limits import parse_many

@@ -38,12 +38,13 @@ class _SweptMemoryStorage(sync_storage.MemoryStorage):
         pass
 
     async def login(self, user: str, remote: str) -> tuple[str, float] | None:
-        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limit (counted for
-        each, shared by a fleet); else (``"user"`` or ``"address"``, retry_after)."""
+        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limits (``login`` per
+        user name, ``login_address`` per address; shared by a fleet); else (``"user"`` or ``"address"``,
+        retry_after)."""
         wait = await self._over(self._shared, self._login, "login-user", user)
         if wait is not None:
             return "user", wait
-        wait = await self._over(self._shared, self._login, "login-address", remote)
+        wait = await self._over(self._shared, self._login_address, "login-address", remote)
         if wait is not None:
             return "address", wait
         return None
@@ -78,6 +79,7 @@ class RateLimits:
         self._edge = parse_many(config.edge)
         self._handshake = parse_many(config.handshake)
         self._login = parse_many(config.login)
+        self._login_address = parse_many(config.login_address)
 
     async def _over(self, limiter: Any, items: list[RateLimitItem], *key: str) -> float | None:
         for item in items:
@@ -99,12 +101,13 @@ class RateLimits:
         return None
 
     async def login(self, user: str, remote: str) -> tuple[str, float] | None:
-        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limit (counted for
-        each, shared by a fleet); else (``"user"`` or ``"address"``, retry_after)."""
+        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limits (``login`` per
+        user name, ``login_address`` per address; shared by a fleet); else (``"user"`` or ``"address"``,
+        retry_after)."""
         wait = await self._over(self._shared, self._login, "login-user", user)
         if wait is not None:
             return "user", wait
-        wait = await self._over(self._shared, self._login, "login-address", remote)
+        wait = await self._over(self._shared, self._login_address, "login-address", remote)
         if wait is not None:
             return "address", wait
         return None
