@@ -107,11 +107,14 @@ def page(browser: Any, env: Env) -> Iterator["Page"]:
 class Page:
     def __init__(self, driver: Any, env: Env) -> None:
         from selenium.webdriver.common.by import By
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
         self.d = driver
         self.env = env
         self.By = By
-        self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.05)
+        # a region the page re-rendered while a condition read it: read it again
+        self.wait = WebDriverWait(driver, WAIT, poll_frequency=0.05,
+                                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
         #: console messages this test expects (substrings)
         self.allowed: list[str] = []
         driver.get_log("browser")   # start from an empty log
@@ -239,6 +242,38 @@ def test_a_setpoint_is_executed_and_the_page_shows_each_state_with_its_time(page
     assert [(a.command_type, a.value) for a in applied][-1] == ("SET_DISCHARGE_RATE", 20.0)
 
 
+def test_overrides_show_the_time_they_have_left_and_controllers_switched_off_leave_the_list(page: Page, env: Env):
+    page.sign_in("alice")
+    page.open_site("e1")
+    page.select("#cmd-device", "bat-1")
+    page.select("#cmd-channel", "MinSoc")
+    page.visible("#cmd-duration")
+    page.fill("#cmd-value", "20")
+    page.fill("#cmd-duration", "600")
+    page.el("#cmd-send").click()
+    page.row(page.sent_id(), "EXECUTED")
+    page.select("#cmd-device", "site")
+    page.select("#cmd-channel", "schedule")
+    page.select("#cmd-value", "false")
+    page.el("#cmd-send").click()
+    page.row(page.sent_id(), "EXECUTED")
+    page.go("#/sites")
+    card = 'article.site-card[data-edge="e1"]'
+    page.until(lambda: page.text(f"{card} .controllers") == "grid_limit", "schedule switched off")
+    left = page.until(lambda: re.search(r"bat-1\.MinSoc = 20 % · (\d+) min (\d+) s left",
+                                        page.text(f"{card} .overrides")), "the override and its time left")
+    assert 9 * 60 <= int(left[1]) * 60 + int(left[2]) <= 600
+    first = page.text(f"{card} .overrides .left")
+    page.until(lambda: page.text(f"{card} .overrides .left") != first, "the time left counting down")
+    page.open_site("e1")                                     # switch it on again for the tests after this one
+    page.select("#cmd-device", "site")
+    page.select("#cmd-channel", "schedule")
+    page.select("#cmd-value", "true")
+    page.el("#cmd-send").click()
+    page.row(page.sent_id(), "EXECUTED")
+    page.until(lambda: page.text("#site-state .controllers") == "grid_limit, schedule", "schedule on again")
+
+
 def test_an_out_of_range_value_is_refused_in_the_page_and_a_forged_request_by_the_router(page: Page, env: Env):
     page.sign_in("alice")
     page.open_site("e1")
@@ -357,8 +392,8 @@ def test_history_filters_by_site_user_status_and_time_and_exports_csv(page: Page
 
     def rows() -> list[Any]:
         return page.d.find_elements("css selector", "#history-body tr")
-    page.until(lambda: rows() and all(r.get_attribute("data-status") == "EXECUTED" for r in rows()),
-               "only EXECUTED rows")
+    page.el('#history[data-loaded="edge_id=e1&status=EXECUTED&range=1h"]')
+    assert rows() and all(r.get_attribute("data-status") == "EXECUTED" for r in rows())
     shown = rows()
     assert all(r.find_elements("css selector", "td")[3].text == "e1" for r in shown)
     assert f"{len(shown)} row" in page.text("#history-count")
@@ -374,13 +409,14 @@ def test_history_filters_by_site_user_status_and_time_and_exports_csv(page: Page
     page.select("#f-kind", "submit")
     page.fill("#f-user", "alice")
     page.el("#history-apply").click()
-    page.until(lambda: rows() and all(r.get_attribute("data-kind") == "submit" for r in rows())
-               and all(r.find_element("css selector", "td.user").text == "alice" for r in rows()),
-               "alice's submits")
+    page.el('#history[data-loaded="edge_id=e1&user_id=alice&kind=submit&range=1h"]')
+    assert rows() and all(r.get_attribute("data-kind") == "submit" for r in rows())
+    assert all(r.find_element("css selector", "td.user").text == "alice" for r in rows())
     page.select("#f-range", "custom")
     page.d.execute_script("document.getElementById('f-since').value = '2099-01-01T00:00:00'")
     page.el("#history-apply").click()
-    page.until(lambda: page.text("#history-count") == "0 rows", "an empty range")
+    page.el('#history[data-loaded*="since=2099-"]')
+    assert page.text("#history-count") == "0 rows" and not rows()
     page.d.refresh()                                  # the filters are in the address: a reload keeps them
     page.visible("#history-form")
     assert page.el("#f-kind").get_attribute("value") == "submit"

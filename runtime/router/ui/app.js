@@ -1259,6 +1259,7 @@ async function applyHistory(updateUrl) {
     h("td", { class: "detail" }, r.detail || ""))));
   count.textContent = data.count >= HISTORY_LIMIT ? `${data.count} rows (the newest ${HISTORY_LIMIT}: narrow the `
     + "filters, or export CSV for all)" : `${data.count} row${data.count === 1 ? "" : "s"}`;
+  $("#history").dataset.loaded = shown.toString();   // which filters the rows shown answer
   const users = [...new Set(data.rows.map((r) => r.user_id).filter(Boolean))].sort();
   $("#f-users").replaceChildren(...users.map((u) => h("option", { value: u })));
 }
