@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "page's sign-in); the password is read from the terminal or stdin")
     password.add_argument("--user", default="alice", help="the user name for the printed [users.<name>] lines")
     keys = sub.add_parser("keys", help="a signing key pair for RS256 or EdDSA (development)")
-    keys.add_argument("--alg", choices=("RS256", "EdDSA"), default="EdDSA")
+    keys.add_argument("--alg", choices=("RS256", "EdDSA"), default="EdDSA", help="key type (default EdDSA)")
     keys.add_argument("--out", required=True, metavar="DIR", help="folder for <alg>.key and <alg>.pub")
 
 
