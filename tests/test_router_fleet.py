@@ -59,6 +59,21 @@ def test_a_command_sent_to_one_instance_reaches_the_edge_on_the_other(tmp_path: 
             assert edge.received == {"f1": 1, "f2": 1}
             status, _, body_ = await asyncio.to_thread(http, "GET", f"{a.url}/api/v1/edges", token())
             assert status == 200 and body_["edges"][0]["online"] and body_["edges"][0]["instance"] == "B"
+            # a client on A subscribed to e1 sees the commands another client sends through B
+            watcher = await Operator(a.ws_url, token("wendy", control=[], view=["e1"])).connect()
+            await watcher.subscribe("e1")
+            op_c = await Operator(b.ws_url, token("carl", control=["e1"])).connect()
+            for i in range(50):   # until B has heard that A has a subscriber (its announcement is on pub/sub)
+                await op_c.submit(setpoint(f"w{i}", "e1", i))
+                await op_c.wait_status(f"w{i}", "EXECUTED")
+                if await watcher.wait(lambda: True) and "EXECUTED" in watcher.statuses.get(f"w{i}", []):
+                    break
+            await op_c.submit(setpoint("seen", "e1", 77))
+            await watcher.wait(lambda: "EXECUTED" in watcher.statuses["seen"], what="the subscriber on A")
+            assert watcher.statuses["seen"] == ["QUEUED", "SENT", "DELIVERED", "ACCEPTED", "EXECUTED"]
+            assert not [s for s in watcher.statuses if s.startswith("f")]   # subscribed after those
+            await watcher.close()
+            await op_c.close()
             await op.close()
             await op_b.close()
             await edge.close()

@@ -405,3 +405,29 @@ def test_a_half_open_edge_is_noticed_by_the_ping_and_its_commands_wait_in_the_qu
             await op.close()
             await e.close()
         run(body, 20)
+
+
+def test_cancel_before_sending_is_final_and_after_sending_is_the_edges_call(tmp_path: Path):
+    with running_router(tmp_path) as server:
+        async def body():
+            op = await Operator(server.ws_url, token()).connect()
+            await op.submit(setpoint("later", "e1", 1, supersede=False))
+            await op.wait_status("later", "QUEUED")
+            status, _, answer = await asyncio.to_thread(http, "DELETE", f"{server.url}/api/v1/commands/later",
+                                                        token())
+            assert status == 200 and answer["state"] == "CANCELLED"
+            assert "cancelled by alice before it was sent" in (await op.wait_status("later", "CANCELLED")).error
+            e = edge(server, auto=("delivered",))
+            await e.connect()
+            await op.submit(setpoint("running", "e1", 2, supersede=False))
+            await op.wait_status("running", "DELIVERED")
+            await op.cancel("running")                       # over the socket this time
+            await e.wait(lambda: e.cancels == ["running"], what="the cancel frame at the edge")
+            await e.ack("running", "cancelled")
+            await op.wait_status("running", "CANCELLED")
+            await op.cancel("running")
+            assert "already CANCELLED" in (await op.wait_error("already_final")).message
+            assert "later" not in e.received
+            await op.close()
+            await e.close()
+        run(body, 20)

@@ -13,6 +13,8 @@ Parts (``--only NAME`` to run one), one module each:
 * ``site``       (:mod:`.site`) ``coordinator run`` idling with 50 chargers and 4 batteries connected: CPU, RSS.
 * ``journal``    (:mod:`.journal`) 30 virtual days of a 50-charger site: journal size per day, restart time
                  at days 1, 7 and 30, bytes per command against the version-1 format.
+* ``cloud``      (:mod:`.cloud`) the command router: commands/s and p50/p99 operator -> router -> 100 fake edges
+                 -> EXECUTED, alone and through two routers over Redis; 500 edges reconnecting at once.
 
 This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
 runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
@@ -88,8 +90,12 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
             (f"restart at day {last} <= {J['restart_s']:g} s", r["restart_s"][last] <= J["restart_s"]),
             (f"bytes per command >= {J['ratio']:g}x smaller than version 1", r["ratio"] >= J["ratio"])])
 
+    def cloud() -> None:
+        from .cloud import run_cloud_bench_part
+        run_cloud_bench_part(out, quick)
+
     parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
-                                            "fleet": fleet, "site": site, "journal": journal}
+                                            "fleet": fleet, "site": site, "journal": journal, "cloud": cloud}
     for name in only or list(parts):
         if name not in parts:
             print(f"unknown bench part {name!r}; choose from {', '.join(parts)}", file=out)

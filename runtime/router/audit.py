@@ -50,13 +50,21 @@ class AuditRow:
     detail: str | None = None
     seq: int | None = None
     instance: str | None = None
-    payload: dict[str, Any] | None = None
+    #: the command as sent: a dict, or its JSON text (as the router writes it: serialized once, by pydantic)
+    payload: dict[str, Any] | str | None = None
+
+    def payload_json(self) -> str | None:
+        if self.payload is None or isinstance(self.payload, str):
+            return self.payload
+        return json.dumps(self.payload, separators=(",", ":"))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["at"] = iso(self.at)
         if data["payload"] is None:
             del data["payload"]
+        elif isinstance(data["payload"], str):
+            data["payload"] = json.loads(data["payload"])
         return data
 
 

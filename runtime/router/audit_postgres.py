@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from .audit import AuditLog, AuditQuery, AuditRow
 
@@ -71,7 +70,7 @@ class PostgresAudit(AuditLog):
                 for r in rows:
                     await copy.write_row((datetime.fromtimestamp(r.at, timezone.utc), r.kind, r.command_id,
                                           r.edge_id, r.user_id, r.status, r.detail, r.seq, r.instance,
-                                          None if r.payload is None else Jsonb(r.payload)))
+                                          r.payload_json()))   # jsonb from its text
 
     async def _writer(self) -> None:
         """The writer task: batches out of the buffer, reconnecting with a capped backoff on failure."""

@@ -9,9 +9,10 @@ audit`` opens the same file on its own (WAL lets it read while the router writes
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from .audit import AuditLog, AuditQuery, AuditRow
-from .sqlite_db import SqliteDb
+from .sqlite_db import SqliteDb, Statements
 
 __all__ = ["SqliteAudit"]
 
@@ -33,32 +34,37 @@ class SqliteAudit(AuditLog):
 
     def __init__(self, db: SqliteDb) -> None:
         self.db = db.acquire()
-        self._pending: list[tuple[object, ...]] = []
+        self._pending: list[tuple[Any, ...]] = []
         self.db.add_writer(self._write)
 
-    def _write(self) -> None:
-        if self._pending:
-            rows, self._pending = self._pending, []
-            self.db.executemany(_INSERT, rows)
+    def _write(self) -> Statements:
+        if not self._pending:
+            return []
+        rows, self._pending = self._pending, []
+        return [(_INSERT, rows)]
 
     async def open(self) -> None:
-        self.db.conn.executescript(_SCHEMA)
+        self.db.script(_SCHEMA)
 
     def record(self, row: AuditRow) -> None:
         self._pending.append((row.at, row.kind, row.command_id, row.edge_id, row.user_id, row.status, row.detail,
                               row.seq, row.instance,
-                              None if row.payload is None else json.dumps(row.payload, separators=(",", ":"))))
+                              row.payload_json()))
         self.db.dirty()
 
     async def flush(self) -> None:
         await self.db.durable()
 
     async def query(self, q: AuditQuery) -> list[AuditRow]:
-        return self.query_now(q)
+        await self.db.durable()
+        return self._select(q)
 
     def query_now(self, q: AuditQuery) -> list[AuditRow]:
         """:meth:`query` without a loop (``coordinator audit`` reading the file)."""
         self.db.commit()
+        return self._select(q)
+
+    def _select(self, q: AuditQuery) -> list[AuditRow]:
         where, params = q.where("?")
         for column, op, value in (("at", ">=", q.since), ("at", "<", q.until)):
             if value is not None:

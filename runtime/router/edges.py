@@ -13,6 +13,7 @@ the store (cached for ``fleet_cache_s``). Runs on the router's loop.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable
 
@@ -37,6 +38,9 @@ class EdgeDirectory:
         self._loaded_at = 0.0
         #: Called with (edge_id, frame) for every telemetry frame (the operator page's history).
         self.telemetry_listeners: list[Callable[[str, Telemetry], None]] = []
+        #: fleet: when each edge was last read back, and the JSON read (unchanged JSON is not parsed again)
+        self._checked: dict[str, float] = {}
+        self._raw: dict[str, str] = {}
 
     async def load(self) -> None:
         self._info = await self.store.load_edges()
@@ -56,8 +60,17 @@ class EdgeDirectory:
         return self._info.setdefault(edge_id, {"edge_id": edge_id})
 
     async def capabilities_of(self, edge_id: str) -> Capabilities | None:
-        """The last capabilities ``edge_id`` published (None: never)."""
-        await self._refresh()
+        """The last capabilities ``edge_id`` published (None: never). In a fleet, an edge connected elsewhere is
+        read back from the store (that edge alone) at most every ``fleet_cache_s``."""
+        if self.store.shared and edge_id not in self._dirty:
+            checked = self._checked.get(edge_id, -1e9)
+            if time.monotonic() - checked > self.fleet_cache_s:
+                self._checked[edge_id] = time.monotonic()
+                raw = await self.store.load_edge_raw(edge_id)
+                if raw is not None and raw != self._raw.get(edge_id):
+                    self._raw[edge_id] = raw
+                    self._info[edge_id] = json.loads(raw)
+                    self._caps.pop(edge_id, None)
         if edge_id not in self._caps:
             raw = self._info.get(edge_id, {}).get("capabilities")
             self._caps[edge_id] = Capabilities.model_validate(raw) if raw else None

@@ -8,8 +8,11 @@
   send it), ``kick`` (the edge has connected to another instance: drop your connection to it) and
   ``cancel``. A poke can be lost (pub/sub is fire and forget); each instance also polls its edges' queues
   every ``[redis] poll_s``, so a lost poke delays a command, never loses it.
-* One channel for status frames, ``<p>:status``: every instance publishes the state changes it makes and
-  delivers those of the others to its own clients, so a client on instance A sees the acks an edge sends to B.
+* Status frames: a state change made on B for a command submitted on A goes to A's channel (its submitter
+  is there). While some other instance has clients subscribed to edges, every state change also goes to the
+  broadcast channel ``<p>:status`` instead, which every instance reads and delivers to its own clients; each
+  instance says on that channel how many subscribed clients it has when the number changes (and keeps it
+  in ``<p>:instances``, read at start), so nobody broadcasts for nobody.
 
 :class:`LocalFleet` is the same face for one router without Redis. Both run on the router's loop; publishing
 never waits (a task sends what was published in pipelined batches).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -81,11 +85,20 @@ class Fleet:
     def cancel(self, owner: str, edge_id: str, command_id: str) -> None:
         """Tell ``owner`` to send a cancel for ``command_id`` to the edge."""
 
-    def publish_status(self, status: dict[str, Any]) -> None:
-        """Let the other instances' clients see ``status`` (a status frame's dict)."""
+    def publish_status(self, status: dict[str, Any], origin: str | None = None) -> None:
+        """Let the other instances' clients see ``status`` (a status frame's dict) of a command submitted on
+        ``origin``."""
+
+    def subscribers(self, count: int) -> None:
+        """This instance now has ``count`` clients subscribed to edges."""
 
 
 LocalFleet = Fleet
+
+
+def _status(data: dict[str, Any]) -> dict[str, Any]:
+    """A status frame from another instance, validated before it goes to clients."""
+    return Status.model_validate(data).model_dump(mode="json", exclude_none=True)
 
 _CLAIM = """
 local old = redis.call('GET', KEYS[1])
@@ -124,11 +137,20 @@ class RedisFleet(Fleet):
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
         self._channel = self.k.instance_channel(instance)
+        #: other instance -> how many subscribed clients it said it has
+        self._remote_subs: dict[str, int] = {}
+        self._subs = 0
 
     async def start(self, events: FleetEvents) -> None:
         await super().start(events)
         self._pubsub = self.r.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self._channel, self.k.status_channel)
+        for name, raw in (await self.r.hgetall(f"{self.k.p}:instances")).items():
+            if name != self.instance:
+                info = json.loads(raw)
+                if time.time() - info.get("at", 0) < 3 * self.ttl_ms / 1000:
+                    self._remote_subs[name] = int(info.get("subs", 0))
+        await self._announce()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._listen(), name="fleet-listen"),
                        loop.create_task(self._publisher(), name="fleet-publish"),
@@ -139,8 +161,11 @@ class RedisFleet(Fleet):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._subs:
+            self._publish(self.k.status_channel, {"from": self.instance, "subs": 0})
         if self._outgoing:
             await self._send_batch()
+        await self.r.hdel(f"{self.k.p}:instances", self.instance)
         if self._pubsub is not None:
             await self._pubsub.aclose()
             self._pubsub = None
@@ -168,15 +193,23 @@ class RedisFleet(Fleet):
     def cancel(self, owner: str, edge_id: str, command_id: str) -> None:
         self._publish(self.k.instance_channel(owner), {"k": "cancel", "e": edge_id, "c": command_id})
 
-    def publish_status(self, status: dict[str, Any]) -> None:
-        self._publish(self.k.status_channel, {"from": self.instance, "s": status})
+    def publish_status(self, status: dict[str, Any], origin: str | None = None) -> None:
+        if any(self._remote_subs.values()):
+            self._publish(self.k.status_channel, {"from": self.instance, "s": status})
+        elif origin and origin != self.instance:
+            self._publish(self.k.instance_channel(origin), {"k": "status", "s": status})
+
+    def subscribers(self, count: int) -> None:
+        if count != self._subs:
+            self._subs = count
+            self._publish(self.k.status_channel, {"from": self.instance, "subs": count})
 
     def _publish(self, channel: str, message: dict[str, Any]) -> None:
         self._outgoing.append((channel, json.dumps(message, separators=(",", ":"))))
         self._wake.set()
 
     async def _send_batch(self) -> None:
-        batch, self._outgoing = self._outgoing, []
+        batch, self._outgoing = list(dict.fromkeys(self._outgoing)), []   # the same poke twice is one poke
         async with self.r.pipeline(transaction=False) as pipe:
             for channel, data in batch:
                 pipe.publish(channel, data)
@@ -210,9 +243,14 @@ class RedisFleet(Fleet):
             try:
                 data = json.loads(msg["data"])
                 if msg["channel"] == self.k.status_channel:
-                    if data.get("from") != self.instance:
-                        self.events.on_status(Status.model_validate(data["s"]).model_dump(mode="json",
-                                                                                          exclude_none=True))
+                    if data.get("from") == self.instance:
+                        continue
+                    if "subs" in data:
+                        self._remote_subs[data["from"]] = int(data["subs"])
+                    else:
+                        self.events.on_status(_status(data["s"]))
+                elif data["k"] == "status":
+                    self.events.on_status(_status(data["s"]))
                 elif data["k"] == "poke":
                     self.events.on_poke(data["e"])
                 elif data["k"] == "kick":
@@ -222,12 +260,20 @@ class RedisFleet(Fleet):
             except Exception:
                 log.exception("fleet: bad message on %s: %r", msg.get("channel"), msg.get("data"))
 
+    async def _announce(self) -> None:
+        await self.r.hset(f"{self.k.p}:instances", self.instance,
+                          json.dumps({"subs": self._subs, "at": time.time()}))
+
     async def _refresher(self) -> None:
         """Refreshes the owner keys of this instance's edges every third of their TTL; an edge whose key names
         another instance has connected there: the hub drops its connection here."""
         assert self.events is not None
         while True:
             await asyncio.sleep(self.ttl_ms / 3000.0)  # the refresh period itself
+            try:
+                await self._announce()
+            except Exception as exc:
+                log.error("fleet: announcing this instance failed: %r", exc)
             edges = self.events.local_edges()
             if not edges:
                 continue

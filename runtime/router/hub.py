@@ -28,8 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocols.edge.wire import (VERSION, AckFrame, Cancel, CommandFrame, EdgeCommand, ErrorFrame, Hello, Welcome,
-                                 WireError, now_iso)
+from protocols.edge.wire import VERSION, AckFrame, Cancel, EdgeCommand, ErrorFrame, Hello, Welcome, WireError
 
 from .audit import AuditLog, AuditRow
 from .auth import Principal
@@ -39,13 +38,27 @@ from .edges import EdgeDirectory
 from .fleet import Fleet
 from .ratelimit import RateLimits
 from .registry import EdgeConn, EdgeRegistry
-from .states import ACCEPTED, DELIVERED, QUEUED, SENT, TIMED_OUT, CommandRecord, next_state, payload_digest
+from .states import (ACCEPTED, ACK_STATE, DELIVERED, QUEUED, SENT, TIMED_OUT, CommandRecord, next_state,
+                     payload_digest)
 from .store import Store
 from .validate import check_command
 
 __all__ = ["Hub", "SubmitOutcome", "Refusal"]
 
 log = logging.getLogger(__name__)
+_STATES = (QUEUED, SENT, DELIVERED, ACCEPTED, TIMED_OUT)
+_second: list[Any] = [None, ""]
+
+
+def _now_iso() -> str:
+    """:func:`~protocols.edge.wire.now_iso` for the status frames, the date and time formatted once a second."""
+    t = time.time()
+    whole = int(t)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((t - whole) * 1000):03d}Z"
+#: ack status -> {state it may meet: the state it moves the command to} (from next_state, once)
+_MOVES = {ack: {s: n for s in _STATES if (n := next_state(s, ack)) is not None} for ack in ACK_STATE}
 
 
 @dataclass
@@ -132,10 +145,11 @@ class Hub:
     # ---- audit and status
 
     def _audit(self, kind: str, status: str, rec: CommandRecord | None = None, *, user: str | None = None,
-               detail: str | None = None, payload: dict[str, Any] | None = None, command_id: str | None = None,
-               edge_id: str | None = None) -> None:
+               detail: str | None = None, payload: str | None = None, command_id: str | None = None,
+               edge_id: str | None = None, at: float | None = None) -> None:
         self.audit.record(AuditRow(
-            at=self.clock(), kind=kind, status=status, command_id=rec.command_id if rec else command_id,
+            at=self.clock() if at is None else at, kind=kind, status=status,
+            command_id=rec.command_id if rec else command_id,
             edge_id=rec.edge_id if rec else edge_id,
             user_id=user if user is not None else (rec.user if rec else None), detail=detail,
             seq=rec.seq if rec else None, instance=self.instance, payload=payload))
@@ -144,7 +158,7 @@ class Hub:
         """A status frame, as the dict :class:`~protocols.edge.wire.Status` dumps to: every field comes from a
         validated record, and building the model again cost more than all the rest of a status."""
         frame: dict[str, Any] = {"v": VERSION, "type": "status", "command_id": rec.command_id,
-                                 "edge_id": rec.edge_id, "status": rec.state, "at": now_iso()}
+                                 "edge_id": rec.edge_id, "status": rec.state, "at": _now_iso()}
         for key, value in (("error", error or rec.error), ("source", rec.user or None),
                            ("executed_at", rec.executed_at)):
             if value is not None:
@@ -154,7 +168,7 @@ class Hub:
     def _notify(self, rec: CommandRecord, error: str | None = None) -> None:
         status = self._status(rec, error)
         self.clients.deliver(status)
-        self.fleet.publish_status(status)
+        self.fleet.publish_status(status, rec.origin)
 
     def refused(self, principal: Principal | None, refusal: Refusal, *, edge_id: str | None = None,
                 command_id: str | None = None, remote: str | None = None) -> Refusal:
@@ -233,7 +247,7 @@ class Hub:
                     self.clients.submitted(cid, client)
                 client.outbox.put(self._status(rec))
             return SubmitOutcome(record=rec, duplicate=True)
-        self._audit("submit", QUEUED, rec, payload=stored.model_dump(mode="json", exclude_none=True),
+        self._audit("submit", QUEUED, rec, payload=stored.model_dump_json(exclude_none=True),
                     detail=f"expires in {expiry:g} s")
         for old in result.superseded:
             self._audit("state", old.state, old, detail=old.error)
@@ -289,8 +303,8 @@ class Hub:
         """Resume a connected edge (welcome, replay in seq order) and start its pump."""
         conn.hello = hello
         await self.edges.connected(conn.edge_id, conn.remote, hello.software, hello.capabilities)
-        self._audit("edge", "CONNECTED", edge_id=conn.edge_id, user=f"edge:{conn.edge_id}",
-                    detail=f"from {conn.remote}, last_seq {hello.last_seq}")
+        self._audit("edge", "CONNECTED", edge_id=conn.edge_id, user=f"edge:{conn.edge_id}", at=conn.connected_at,
+                    detail=f"from {conn.remote}, last_seq {hello.last_seq} (at the handshake)")
         async with conn.lock:
             await self.store.bump_seq(conn.edge_id, hello.last_seq)
             pending, send = await self.store.resume(conn.edge_id, hello.last_seq)
@@ -318,7 +332,7 @@ class Hub:
 
     async def _pump(self, conn: EdgeConn) -> None:
         """The edge's pump: whenever woken (a command was queued, a poke came) and, in a fleet, every poll_s,
-        send its QUEUED commands in seq order."""
+        send its QUEUED commands in seq order (one store call moves them all to SENT, or EXPIRED)."""
         poll = self.config.redis.poll_s if self.fleet.shared and self.config.redis else None
         while not conn.closed:
             if poll is None:
@@ -333,15 +347,32 @@ class Hub:
                 return
             try:
                 async with conn.lock:
-                    for rec in await self.store.queued(conn.edge_id, conn.cursor if not self.fleet.shared else 0):
-                        conn.cursor = max(conn.cursor, rec.seq)
-                        await self._send(conn, rec)
-                        if conn.closed:
-                            return
+                    while not conn.closed:
+                        now = self.clock()
+                        moved, last = await self.store.claim_queued(
+                            conn.edge_id, conn.cursor, now=now, ack_deadline=now + self.ack_timeout,
+                            owner=self.instance if self.fleet.shared else None)
+                        conn.cursor = max(conn.cursor, last)
+                        for rec, tag in moved:
+                            self._audit("state", rec.state, rec, detail=rec.error if tag == "expired" else None)
+                            self._notify(rec)
+                            if tag == "sent":
+                                self._frame(conn, rec, rec.expires_at - now)
+                        if len(moved) < 500:
+                            break
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("pump of edge %s failed; retrying at the next wake", conn.edge_id)
+
+    def _frame(self, conn: EdgeConn, rec: CommandRecord, left: float) -> None:
+        """The command frame for ``rec`` (the dict :class:`~protocols.edge.wire.CommandFrame` dumps to), with
+        ``expiry_sec`` the time it has left."""
+        wire = rec.extra.get("wire")
+        if wire is None:
+            wire = rec.extra["wire"] = rec.command.model_dump(mode="json", exclude_none=True)
+        conn.outbox.put({"v": VERSION, "type": "command", "seq": rec.seq,
+                         "command": {**wire, "expiry_sec": max(0.001, round(left, 3))}})
 
     async def _send(self, conn: EdgeConn, rec: CommandRecord) -> None:
         """Send one open command to ``conn``: QUEUED -> SENT (or, for one in flight the edge has not journaled,
@@ -363,38 +394,37 @@ class Hub:
             if moved is not None:
                 self._audit("resend", moved.state, moved, detail=f"sent again (send {moved.sends}): the edge "
                             f"had not journaled seq {moved.seq}")
-        if moved is None:
-            return
-        command = moved.command.model_copy(update={"expiry_sec": max(0.001, round(left, 3))})
-        conn.outbox.put(CommandFrame.model_construct(v=VERSION, type="command", seq=moved.seq, command=command))
+        if moved is not None:
+            self._frame(conn, moved, left)
 
     async def on_ack(self, conn: EdgeConn, frame: AckFrame) -> None:
-        """An ack from ``conn``'s edge (see the module docstring)."""
+        """An ack from ``conn``'s edge (see the module docstring): one store call applies it."""
         cid = frame.command_id
-        for _ in range(3):  # a compare-and-set lost to the sweeper or another instance: read again
-            rec = await self.store.get(cid)
-            if rec is None or rec.edge_id != conn.edge_id:
-                self._audit("ack", "UNKNOWN", command_id=cid, edge_id=conn.edge_id, user=f"edge:{conn.edge_id}",
-                            detail=f"ack {frame.status!r} for a command the router does not have for this edge")
-                conn.outbox.put(ErrorFrame(code="unknown_command", command_id=cid,
-                                           message=f"no command {cid!r} for edge {conn.edge_id}"))
-                return
-            new = next_state(rec.state, frame.status)
-            if new is None:
-                late = rec.state == TIMED_OUT
-                detail = (f"late ack {frame.status!r} after TIMED_OUT: recorded, state unchanged" if late else
-                          f"ack {frame.status!r} in state {rec.state}: nothing to change")
-                if frame.error:
-                    detail += f" (error: {frame.error})"
-                self._audit("ack", rec.state, rec, detail=detail)
-                if late:
-                    self._notify(rec, error=detail)
-                return
-            moved = await self._move(cid, new, frozenset({rec.state}), rec, error=frame.error,
-                                     executed_at=frame.executed_at)
-            if moved is not None:
-                return
-        log.warning("ack %s for %s: the state kept changing under it", frame.status, cid)
+        outcome, rec = await self.store.ack(cid, conn.edge_id, _MOVES[frame.status], now=self.clock(),
+                                            ack_timeout=self.ack_timeout, error=frame.error,
+                                            executed_at=frame.executed_at)
+        if outcome == "ok" and rec is not None:
+            self._audit("state", rec.state, rec, detail=frame.error)
+            self._notify(rec)
+            return
+        if outcome in ("missing", "foreign") or rec is None:
+            self._audit("ack", "UNKNOWN", command_id=cid, edge_id=conn.edge_id, user=f"edge:{conn.edge_id}",
+                        detail=f"ack {frame.status!r} for a command the router does not have for this edge")
+            conn.outbox.put(ErrorFrame(code="unknown_command", command_id=cid,
+                                       message=f"no command {cid!r} for edge {conn.edge_id}"))
+            return
+        late = rec.state == TIMED_OUT
+        detail = (f"late ack {frame.status!r} after TIMED_OUT: recorded, state unchanged" if late else
+                  f"ack {frame.status!r} in state {rec.state}: nothing to change")
+        if frame.error:
+            detail += f" (error: {frame.error})"
+        self._audit("ack", rec.state, rec, detail=detail)
+        if late:
+            self._notify(rec, error=detail)
+
+    def subscribers_changed(self) -> None:
+        """A client subscribed or left: the fleet learns how many subscribed clients are here."""
+        self.fleet.subscribers(sum(1 for c in self.clients.conns if c.subscriptions))
 
     # ---- fleet events (FleetEvents)
 

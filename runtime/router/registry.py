@@ -24,12 +24,14 @@ __all__ = ["EdgeConn", "EdgeRegistry"]
 class EdgeConn:
     """One connected edge (see the module docstring)."""
 
-    def __init__(self, edge_id: str, ws: Any, outbox: Outbox, remote: str) -> None:
+    def __init__(self, edge_id: str, ws: Any, outbox: Outbox, remote: str,
+                 connected_at: float | None = None) -> None:
         self.edge_id = edge_id
         self.ws = ws
         self.outbox = outbox
         self.remote = remote
-        self.connected_at = time.time()
+        #: when its handshake was let through (the handshake limit counts at that moment)
+        self.connected_at = time.time() if connected_at is None else connected_at
         self.last_seen = self.connected_at
         self.hello: Hello | None = None
         self.ready = False

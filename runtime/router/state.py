@@ -53,12 +53,15 @@ class RouterState:
         store: Store
         fleet: Fleet
         if config.redis is not None:
-            from redis.asyncio import ConnectionPool, Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
 
             from .fleet import RedisFleet
             from .store_redis import RedisStore
-            pool = ConnectionPool.from_url(config.redis.url, decode_responses=True, max_connections=64)
-            limits_pool = ConnectionPool.from_url(config.redis.url, max_connections=32)
+
+            # blocking pools: a burst of requests waits for a connection instead of failing "too many connections"
+            pool = BlockingConnectionPool.from_url(config.redis.url, decode_responses=True, max_connections=64,
+                                                   timeout=10)
+            limits_pool = BlockingConnectionPool.from_url(config.redis.url, max_connections=32, timeout=10)
             pools += [pool, limits_pool]
             redis = Redis(connection_pool=pool)
             await redis.ping()

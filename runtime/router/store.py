@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from protocols.edge.wire import EdgeCommand
 
-from .states import CommandRecord
+from .states import ACCEPTED, DELIVERED, QUEUED, SENT, CommandRecord
 
 __all__ = ["Store", "PutResult"]
 
@@ -70,6 +70,50 @@ class Store(ABC):
     async def queued(self, edge_id: str, after_seq: int) -> list[CommandRecord]:
         """The edge's QUEUED commands with seq > ``after_seq``, in seq order."""
 
+    async def claim_queued(self, edge_id: str, after_seq: int, *, now: float, ack_deadline: float,
+                           owner: str | None = None,
+                           limit: int = 500) -> tuple[list[tuple[CommandRecord, str]], int]:
+        """For the edge's pump: each QUEUED command with seq > ``after_seq``, in seq order, moved to SENT (tag
+        ``sent``, deadline ``ack_deadline``) or, if its time is up, to EXPIRED (tag ``expired``); nothing when
+        ``owner`` does not own the edge. Returns the moved records and the highest seq looked at."""
+        out: list[tuple[CommandRecord, str]] = []
+        last = after_seq
+        for rec in (await self.queued(edge_id, after_seq))[:limit]:
+            last = max(last, rec.seq)
+            if rec.expires_at <= now:
+                moved, changed = await self.transition(rec.command_id, "EXPIRED", allowed=frozenset({QUEUED}),
+                                                       now=now, deadline=None,
+                                                       error="expired before it could be sent")
+                if changed and moved is not None:
+                    out.append((moved, "expired"))
+                continue
+            moved, changed = await self.transition(rec.command_id, SENT, allowed=frozenset({QUEUED}), now=now,
+                                                   deadline=ack_deadline, sent=True, owner=owner)
+            if changed and moved is not None:
+                out.append((moved, "sent"))
+            elif moved is not None and moved.state == QUEUED:
+                return out, rec.seq - 1   # not the owner: leave the rest to the edge's owner
+        return out, last
+
+    async def ack(self, command_id: str, edge_id: str, moves: dict[str, str], *, now: float, ack_timeout: float,
+                  error: str | None = None, executed_at: str | None = None) -> tuple[str, CommandRecord | None]:
+        """Apply an ack of ``edge_id``: the command moves to ``moves[its state]`` (DELIVERED and ACCEPTED get the
+        deadline ``expires_at + ack_timeout``). Returns (``ok``, the record) when it moved, (``same``, the
+        record) when its state has no move, (``foreign``, the record) when it is another edge's command, or
+        (``missing``, None)."""
+        rec = await self.get(command_id)
+        if rec is None:
+            return "missing", None
+        if rec.edge_id != edge_id:
+            return "foreign", rec
+        to = moves.get(rec.state)
+        if to is None:
+            return "same", rec
+        deadline = rec.expires_at + ack_timeout if to in (DELIVERED, ACCEPTED) else None
+        moved, changed = await self.transition(command_id, to, allowed=frozenset({rec.state}), now=now,
+                                               deadline=deadline, error=error, executed_at=executed_at)
+        return ("ok" if changed else "same"), moved
+
     @abstractmethod
     async def resume(self, edge_id: str, last_seq: int) -> tuple[list[int], list[CommandRecord]]:
         """For an edge that says it journaled up to ``last_seq``: the seqs it should re-send acks for (open, sent,
@@ -94,6 +138,12 @@ class Store(ABC):
     @abstractmethod
     async def load_edges(self) -> dict[str, dict[str, Any]]:
         """Every edge remembered by :meth:`save_edge`."""
+
+    async def load_edge_raw(self, edge_id: str) -> str | None:
+        """One edge remembered by :meth:`save_edge`, as the JSON text saved (None: never saved)."""
+        import json
+        info = (await self.load_edges()).get(edge_id)
+        return None if info is None else json.dumps(info)
 
     @abstractmethod
     async def purge(self, before: float) -> int:

@@ -131,6 +131,65 @@ end
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 
+# the edge's pump: every QUEUED command after a seq, moved to SENT (or EXPIRED) in one round trip
+_CLAIM = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return {'not_owner', ARGV[1]} end
+local start = '-'
+if ARGV[1] ~= '0' then start = '(' .. ARGV[1] .. '-0' end
+local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[7])
+local last = ARGV[1]
+local out = {}
+for _, e in ipairs(entries) do
+  local id = e[2][2]
+  local key = ARGV[5] .. ':c:' .. id
+  local h = redis.call('HMGET', key, 'state', 'exp', 'dkey', 'edge', 'seq')
+  last = h[5] or last
+  if h[1] == 'QUEUED' then
+    redis.call('SREM', ARGV[5] .. ':sup:' .. h[4] .. ':' .. h[3], id)
+    if tonumber(h[2]) <= tonumber(ARGV[2]) then
+      redis.call('HSET', key, 'state', 'EXPIRED', 'upd', ARGV[2], 'dl', '',
+        'err', 'expired before it could be sent', 'open', 0)
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('XDEL', KEYS[1], e[1])
+      redis.call('PEXPIRE', key, ARGV[6])
+      table.insert(out, {'expired', redis.call('HGETALL', key)})
+    else
+      redis.call('HSET', key, 'state', 'SENT', 'upd', ARGV[2], 'dl', ARGV[3], 'sent', ARGV[2])
+      redis.call('HINCRBY', key, 'sends', 1)
+      redis.call('ZADD', KEYS[2], ARGV[3], id)
+      table.insert(out, {'sent', redis.call('HGETALL', key)})
+    end
+  end
+end
+return {'ok', last, out}
+"""
+
+# an ack: the move for the command's current state (given by the router), applied in one round trip
+_ACK = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'edge', 'dkey', 'seq', 'exp')
+if not h[1] then return {'missing'} end
+if h[2] ~= ARGV[2] then return {'foreign', redis.call('HGETALL', KEYS[1])} end
+local to = nil
+for pair in string.gmatch(ARGV[3], '[^,]+') do
+  local s, t = string.match(pair, '([^=]+)=(.+)')
+  if s == h[1] then to = t end
+end
+if not to then return {'same', redis.call('HGETALL', KEYS[1])} end
+local dl = ''
+if to == 'DELIVERED' or to == 'ACCEPTED' then dl = tostring(tonumber(h[5]) + tonumber(ARGV[5])) end
+redis.call('HSET', KEYS[1], 'state', to, 'upd', ARGV[4], 'dl', dl)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'err', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'xat', ARGV[7]) end
+if dl == '' then redis.call('ZREM', KEYS[2], ARGV[1]) else redis.call('ZADD', KEYS[2], dl, ARGV[1]) end
+if h[1] == 'QUEUED' then redis.call('SREM', ARGV[8] .. ':sup:' .. h[2] .. ':' .. h[3], ARGV[1]) end
+if dl == '' then
+  redis.call('HSET', KEYS[1], 'open', 0)
+  redis.call('XDEL', ARGV[8] .. ':q:' .. h[2], h[4] .. '-0')
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+end
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
 _BUMP = """
 local c = tonumber(redis.call('GET', KEYS[1]) or '0')
 if c < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
@@ -168,6 +227,8 @@ class RedisStore(Store):
         self._put = redis.register_script(_PUT)
         self._transition = redis.register_script(_TRANSITION)
         self._bump = redis.register_script(_BUMP)
+        self._claim = redis.register_script(_CLAIM)
+        self._ack = redis.register_script(_ACK)
 
     async def put(self, command: EdgeCommand, *, user: str, origin: str, now: float, expires_at: float,
                   digest: str) -> PutResult:
@@ -227,6 +288,26 @@ class RedisStore(Store):
         recs = await self._records(await self._open_ids(edge_id, after_seq))
         return sorted((r for r in recs if r.state == QUEUED), key=lambda r: r.seq)
 
+    async def claim_queued(self, edge_id: str, after_seq: int, *, now: float, ack_deadline: float,
+                           owner: str | None = None,
+                           limit: int = 500) -> tuple[list[tuple[CommandRecord, str]], int]:
+        out = await self._claim(keys=[self.k.queue(edge_id), self.k.deadlines, self.k.owner(edge_id)],
+                                args=[after_seq, repr(now), repr(ack_deadline), owner or "", self.k.p,
+                                      self.retention_ms, limit])
+        if out[0] != "ok":
+            return [], after_seq
+        return [(_record(_flat(flat)), tag) for tag, flat in out[2]], int(out[1])
+
+    async def ack(self, command_id: str, edge_id: str, moves: dict[str, str], *, now: float, ack_timeout: float,
+                  error: str | None = None, executed_at: str | None = None) -> tuple[str, CommandRecord | None]:
+        out = await self._ack(keys=[self.k.command(command_id), self.k.deadlines],
+                              args=[command_id, edge_id, ",".join(f"{s}={t}" for s, t in moves.items()),
+                                    repr(now), repr(ack_timeout), error or "", executed_at or "", self.k.p,
+                                    self.retention_ms])
+        if out[0] == "missing":
+            return "missing", None
+        return out[0], _record(_flat(out[1]))
+
     async def resume(self, edge_id: str, last_seq: int) -> tuple[list[int], list[CommandRecord]]:
         pending, send = [], []
         for r in sorted(await self._records(await self._open_ids(edge_id, 0)), key=lambda r: r.seq):
@@ -257,6 +338,9 @@ class RedisStore(Store):
 
     async def load_edges(self) -> dict[str, dict[str, Any]]:
         return {edge: json.loads(info) for edge, info in (await self.r.hgetall(self.k.edges)).items()}
+
+    async def load_edge_raw(self, edge_id: str) -> str | None:
+        return await self.r.hget(self.k.edges, edge_id)
 
     async def purge(self, before: float) -> int:
         return 0  # final commands expire on their own (PEXPIRE at close)

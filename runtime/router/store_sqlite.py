@@ -4,19 +4,21 @@ Tables: ``commands`` (one row per command: the command as JSON, edge, seq, state
 ``edge_seq`` (each edge's last seq) and ``edges`` (what each edge published).
 
 One router owns the file, so the open commands are kept in memory (``_open``): an ack or a send needs no
-read and no JSON parse. A change marks the record dirty; the shared :class:`~runtime.router.sqlite_db.SqliteDb`
-writes every dirty record once per loop turn (one upsert each, however many times it changed in that turn)
-in its group commit. Runs on the router's loop thread; every call is short.
+read and no JSON parse, and so are the ones closed lately (``_recent``, at least until their batch is
+committed: a read of the file would not see them before). A change marks the record dirty; the shared
+:class:`~runtime.router.sqlite_db.SqliteDb` writes every dirty record once per batch (one upsert each, however
+often it changed meanwhile), on its writer thread. Runs on the router's loop thread; every call is short.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from typing import Any
 
 from protocols.edge.wire import EdgeCommand
 
-from .sqlite_db import SqliteDb
+from .sqlite_db import SqliteDb, Statements
 from .states import FINAL, IN_FLIGHT, QUEUED, TIMED_OUT, CommandRecord, supersede_key
 from .store import PutResult, Store
 
@@ -42,6 +44,8 @@ _UPSERT = (f"INSERT INTO commands ({_COLUMNS}, edge_id, dkey, priority, command_
            "state = excluded.state, sent_at = excluded.sent_at, deadline = excluded.deadline, "
            "error = excluded.error, executed_at = excluded.executed_at, updated_at = excluded.updated_at, "
            "sends = excluded.sends, open = excluded.open")
+#: closed commands kept in memory (at least until their batch is committed)
+_RECENT = 20_000
 _SEQ = "INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET seq = excluded.seq"
 
 
@@ -65,14 +69,17 @@ class SqliteStore(Store):
         #: edge -> its open commands, in seq order (insertion order: seqs are given in order)
         self._edge_open: dict[str, dict[str, CommandRecord]] = {}
         self._seq: dict[str, int] = {}
-        #: changed since the last commit: command id -> record, edge id -> last seq, edge id -> info JSON
+        #: closed lately, oldest first (kept at least until the batch that wrote them is committed)
+        self._recent: OrderedDict[str, CommandRecord] = OrderedDict()
+        #: changed since the last batch: command id -> record, edge id -> last seq, edge id -> info JSON
         self._dirty: dict[str, CommandRecord] = {}
         self._dirty_seq: set[str] = set()
         self._dirty_edges: dict[str, str] = {}
         self.db.add_writer(self._write)
 
-    def _write(self) -> None:
-        """The group commit's part of this store: every dirty record, seq and edge, once."""
+    def _write(self) -> Statements:
+        """This store's part of the next batch: every dirty record, seq and edge, once."""
+        out: Statements = []
         if self._dirty:
             rows = [(r.command_id, r.command.model_dump_json(exclude_none=True), r.seq, r.state, r.user,
                      r.submitted_at, r.expires_at, r.origin, r.sent_at, r.deadline, r.error, r.executed_at,
@@ -80,21 +87,30 @@ class SqliteStore(Store):
                      supersede_key(r.command), r.command.priority, r.command.command_type)
                     for r in self._dirty.values()]
             self._dirty = {}
-            self.db.executemany(_UPSERT, rows)
+            out.append((_UPSERT, rows))
         if self._dirty_seq:
-            self.db.executemany(_SEQ, [(e, self._seq[e]) for e in self._dirty_seq])
+            out.append((_SEQ, [(e, self._seq[e]) for e in self._dirty_seq]))
             self._dirty_seq = set()
         if self._dirty_edges:
-            self.db.executemany("INSERT INTO edges (edge_id, info) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE "
-                                "SET info = excluded.info", list(self._dirty_edges.items()))
+            out.append(("INSERT INTO edges (edge_id, info) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET "
+                        "info = excluded.info", list(self._dirty_edges.items())))
             self._dirty_edges = {}
+        return out
 
     def _changed(self, rec: CommandRecord) -> None:
         self._dirty[rec.command_id] = rec
+        rec.extra["batch"] = self.db.batch
         self.db.dirty()
 
+    def _forget_old(self) -> None:
+        while len(self._recent) > _RECENT:
+            cid, oldest = next(iter(self._recent.items()))
+            if oldest.extra.get("batch", 0) > self.db.committed:
+                return
+            del self._recent[cid]
+
     async def open(self) -> None:
-        self.db.conn.executescript(_SCHEMA)
+        self.db.script(_SCHEMA)
         self._seq = dict(self.db.query("SELECT edge_id, seq FROM edge_seq"))
         for row in self.db.query(f"SELECT {_COLUMNS} FROM commands WHERE open = 1 ORDER BY edge_id, seq"):
             self._remember(_record(row))
@@ -133,7 +149,7 @@ class SqliteStore(Store):
         return PutResult("new", rec, superseded)
 
     async def get(self, command_id: str) -> CommandRecord | None:
-        rec = self._open.get(command_id) or self._dirty.get(command_id)
+        rec = self._open.get(command_id) or self._recent.get(command_id)
         if rec is not None:
             return rec
         rows = self.db.query(f"SELECT {_COLUMNS} FROM commands WHERE command_id = ?", (command_id,))
@@ -162,6 +178,8 @@ class SqliteStore(Store):
             rec.extra["open"] = False
             self._open.pop(command_id, None)
             self._edge_open.get(rec.edge_id, {}).pop(command_id, None)
+            self._recent[command_id] = rec
+            self._forget_old()
         self._changed(rec)
         return rec, True
 
@@ -205,13 +223,11 @@ class SqliteStore(Store):
         self.db.dirty()
 
     async def load_edges(self) -> dict[str, dict[str, Any]]:
-        self.db.commit()
+        await self.db.durable()
         return {edge: json.loads(info) for edge, info in self.db.query("SELECT edge_id, info FROM edges")}
 
     async def purge(self, before: float) -> int:
-        self.db.commit()
-        cur = self.db.execute("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))  # autocommits
-        return cur.rowcount
+        return await self.db.run("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))
 
     async def flush(self) -> None:
         await self.db.durable()

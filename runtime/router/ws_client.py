@@ -65,9 +65,11 @@ async def client_socket(websocket: WebSocket) -> None:
             elif isinstance(frame, Subscribe):
                 if frame.edge_id is None:
                     conn.subscriptions = ALL
+                    hub.subscribers_changed()
                 elif who.may_view(frame.edge_id):
                     if conn.subscriptions != ALL:
                         conn.subscriptions.add(frame.edge_id)  # type: ignore[union-attr]
+                    hub.subscribers_changed()
                 else:
                     outbox.put(hub.refused(who, Refusal("forbidden", f"{who.subject} may not view edge "
                                                         f"{frame.edge_id!r}", 403), edge_id=frame.edge_id).frame())
@@ -83,4 +85,5 @@ async def client_socket(websocket: WebSocket) -> None:
         log.debug("client %s: %r", who.subject, exc)
     finally:
         hub.clients.remove(conn)
+        hub.subscribers_changed()
         await outbox.stop()

@@ -43,6 +43,7 @@ async def edge_socket(websocket: WebSocket, edge_id: str | None = None) -> None:
     if wait is not None:
         await deny_handshake(websocket, wait)
         return
+    handshake_at = time.time()
     try:
         who = await state.auth.edge(websocket.headers.get("authorization"))
         if edge_id is not None and edge_id != who.edge_id:
@@ -70,7 +71,7 @@ async def edge_socket(websocket: WebSocket, edge_id: str | None = None) -> None:
         return
     outbox = Outbox(websocket, hub.barrier, state.config.listen.max_outbox, f"edge {who.edge_id}")
     outbox.text = text
-    conn = EdgeConn(who.edge_id, websocket, outbox.start(), remote)
+    conn = EdgeConn(who.edge_id, websocket, outbox.start(), remote, handshake_at)
     old = hub.registry.put(conn)
     if old is not None:
         old.closed = True
