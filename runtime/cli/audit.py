@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", help="before this time")
     parser.add_argument("--limit", type=integer(1, 1_000_000), default=1000, help="at most this many rows (1000)")
     parser.add_argument("--desc", action="store_true", help="newest first")
-    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="output format (default table)")
 
 
 def run(args: argparse.Namespace) -> int:
