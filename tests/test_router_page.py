@@ -15,6 +15,7 @@ import csv
 import io
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -234,8 +235,11 @@ def test_a_setpoint_is_executed_and_the_page_shows_each_state_with_its_time(page
     cid = page.sent_id()
     row = page.row(cid, "EXECUTED")
     assert states_of(row) == ["QUEUED", "SENT", "DELIVERED", "ACCEPTED", "EXECUTED"]
-    executed = row.find_element("css selector", "td.executed-at time")
-    assert re.fullmatch(r"\d\d:\d\d:\d\d", executed.text) and executed.get_attribute("datetime")
+    for cell in ("td.executed-at", "td.submitted", "td.state .state-at"):   # today's times: HH:MM:SS
+        shown = row.find_element("css selector", f"{cell} time")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d", shown.text), (cell, shown.text)
+        at = datetime.fromisoformat(shown.get_attribute("datetime").replace("Z", "+00:00"))
+        assert abs(at.timestamp() - time.time()) < 120, (cell, at)
     assert row.find_element("css selector", "td.user").text == "alice"
     assert "bat-1.SetActivePower = 20 kW" in row.find_element("css selector", "td.cmd").text
     applied = env.e1.device("bat-1").applied

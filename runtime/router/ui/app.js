@@ -77,9 +77,9 @@ const $ = (sel, root = document) => root.querySelector(sel);
 const serverNow = () => Date.now() + S.clockOffset;
 const pad = (n) => String(n).padStart(2, "0");
 
-function parseTime(value) {
+function parseTime(value) {   // an ISO 8601 text, or epoch milliseconds
   if (value === null || value === undefined || value === "") return null;
-  const t = typeof value === "number" ? value * 1000 : Date.parse(value);
+  const t = typeof value === "number" ? value : Date.parse(value);
   return Number.isFinite(t) ? t : null;
 }
 
@@ -844,6 +844,15 @@ async function loadCharts() {
     chart("chart-soc", "State of charge", "%", "batteries", soc, data, [0, 100])]);
 }
 
+function ticks(lo, hi) {   // three to six round values between lo and hi
+  const raw = (hi - lo) / 4;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.abs(v) < 1e-9 ? 0 : v);
+  return out;
+}
+
 function chart(id, title, unit, note, series, data, fixed) {
   const W = 560; const H = 170; const L = 46; const R = 8; const T = 8; const B = 22;
   const now = data.now; const start = now - data.window_s;
@@ -863,7 +872,7 @@ function chart(id, title, unit, note, series, data, fixed) {
   const x = (t) => L + ((t - start) / (now - start)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
   const grid = [];
-  for (const v of [lo, (lo + hi) / 2, hi]) {
+  for (const v of ticks(lo, hi)) {
     grid.push(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "grid" }),
       svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "axis" }, num(v, 1)));
   }
