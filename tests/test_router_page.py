@@ -220,6 +220,15 @@ def test_a_wrong_password_is_refused_with_the_reason(page: Page):
     assert page.d.execute_script("return sessionStorage.length") == 0
 
 
+def test_sign_in_with_a_token_instead_of_a_password(page: Page, env: Env):
+    from tests.servers import token
+    page.sign_out()
+    page.el("#login-token").send_keys(token("ops", control=["e1"], view="*"))
+    page.el("#token-submit").click()
+    page.until(lambda: page.text("#who") == "ops", "signed in with the token")
+    page.visible('article.site-card[data-edge="e1"] .badge.online')
+
+
 def test_a_setpoint_is_executed_and_the_page_shows_each_state_with_its_time(page: Page, env: Env):
     page.sign_in("alice")
     page.open_site("e1")
