@@ -168,9 +168,12 @@ class FakeRouter:
         return errors[-1] if errors else None
 
     def wait_final(self, cid: str, timeout: float = 10.0) -> list[str]:
-        """The ack statuses of ``cid`` once a final one has arrived."""
+        """The ack statuses of ``cid`` once a final one has arrived, a status repeated at once counted once
+        (after a reconnect the edge sends the latest ack of every seq still pending again: whether it is
+        still ``accepted`` or already ``executed`` then depends on which comes first, which is not fixed)."""
         def final() -> list[str] | None:
-            statuses = self.statuses(cid)
+            raw = self.statuses(cid)
+            statuses = [s for i, s in enumerate(raw) if i == 0 or s != raw[i - 1]]
             return statuses if any(s in FINAL_ACKS for s in statuses) else None
         return wait_until(final, timeout, f"a final ack for {cid} (got {self.statuses(cid)})")
 

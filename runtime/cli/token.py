@@ -4,10 +4,14 @@
     coordinator token edge --edge site1 --config router.toml                             an edge JWT
     coordinator token secret --edge site1                  a random edge secret and its [edges] line
     coordinator token keys --alg EdDSA --out keys/         a key pair (private and public PEM)
+    coordinator token password --user alice                a password hash for [users.alice] (operator page)
 
 The signing key is the ``hs256_secret`` and ``audience`` of ``--config``, or ``--secret`` (HS256), or
 ``--key PRIVATE.pem --alg RS256|EdDSA [--kid K]``; ``--audience`` overrides the file's. The token is printed on
-stdout, alone on its line. Exit codes: 0 done, 2 bad input.
+stdout, alone on its line. ``password`` asks for the password twice on a terminal (or reads one line from
+standard input when it is not a terminal: ``printf '%s\n' "$PW" | coordinator token password --user alice``),
+never from the command line, and prints the hash on stdout and the ``[users.<name>]`` lines on stderr.
+Exit codes: 0 done, 2 bad input.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _key_options(edge)
     secret = sub.add_parser("secret", help="a random per-edge secret, and its line for [edges]")
     secret.add_argument("--edge", required=True, help="the edge id")
+    password = sub.add_parser("password", help="a password hash for [users.<name>] of router.toml (the operator "
+                              "page's sign-in); the password is read from the terminal or stdin")
+    password.add_argument("--user", default="alice", help="the user name for the printed [users.<name>] lines")
     keys = sub.add_parser("keys", help="a signing key pair for RS256 or EdDSA (development)")
     keys.add_argument("--alg", choices=("RS256", "EdDSA"), default="EdDSA", help="key kind (default EdDSA)")
     keys.add_argument("--out", required=True, metavar="DIR", help="folder for <alg>.key and <alg>.pub")
@@ -102,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.kind == "keys":
         return _keys(args)
+    if args.kind == "password":
+        return _password(args)
     from runtime.router.auth import edge_claims, mint, user_claims
     try:
         key, alg, audience, issuer = _signing(args)
@@ -135,4 +144,33 @@ def _keys(args: argparse.Namespace) -> int:
                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     print(f"{private}\n{public}")
     print(f"# router.toml:\n[[auth.public_keys]]\nalg = \"{args.alg}\"\npath = \"{public}\"", file=sys.stderr)
+    return 0
+
+
+def _password(args: argparse.Namespace) -> int:
+    import getpass
+    import re
+
+    from runtime.router.passwords import hash_password
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", args.user):
+        print(f"coordinator token password: --user {args.user!r}: a user name is letters, digits and _ . @ - "
+              "(64 at most, starting with a letter or digit)", file=sys.stderr)
+        return 2
+    try:
+        if sys.stdin.isatty():
+            first = getpass.getpass(f"password for {args.user}: ")
+            if getpass.getpass("again: ") != first:
+                print("coordinator token password: the two passwords differ", file=sys.stderr)
+                return 2
+        else:
+            first = sys.stdin.readline().rstrip("\r\n")
+        digest = hash_password(first)
+    except (ValueError, EOFError, KeyboardInterrupt) as exc:
+        why = str(exc) or "no password given"
+        print(f"coordinator token password: {why}", file=sys.stderr)
+        return 2
+    print(digest)
+    print(f"# router.toml:\n[users.{args.user}]\npassword = \"{digest}\"\n"
+          "can_control = []    # edges it may command, or [\"*\"]\n"
+          "can_view = [\"*\"]    # edges it may only watch", file=sys.stderr)
     return 0

@@ -6,7 +6,9 @@ and per edge, checks each command against the edge's published capabilities, que
 once when the edge is online, on reconnect otherwise, superseded or expired when it went stale), tracks it
 through its cloud-side states (QUEUED, SENT, DELIVERED, ACCEPTED, EXECUTED, or REJECTED, FAILED, EXPIRED,
 SUPERSEDED, CANCELLED, TIMED_OUT and the *_LATE states of a late ack) with one audit row per transition, and
-reports every state change to the clients that may see it. Several instances share one Redis as a fleet.
+reports every state change to the clients that may see it. Several instances share one Redis as a fleet. It
+serves the operator page too (``/ui/``): sites, one site with its channels and charts, a command form,
+live command states, the audit history.
 
 Modules, one thing each:
 
@@ -30,6 +32,10 @@ Modules, one thing each:
                        dependency (:mod:`.deps`)
 :mod:`.server`         uvicorn, in the main thread or on a thread of its own
 :mod:`.testkit`        a fake edge and an operator client (tests, benchmark)
+:mod:`.passwords`      scrypt hashes of the ``[users]`` passwords
+:mod:`.api_login`      sign-in for the operator page (a router-signed session JWT), who am I, page settings
+:mod:`.telemetry`      the recent telemetry per edge, down-sampled, for the page's charts (memory, bounded)
+:mod:`.ui`             the operator page at ``/ui/`` (plain HTML, CSS and JS in ``ui/``, package data)
 =====================  ======================================================================================
 
 It speaks to edges only through the edge wire format (:mod:`protocols.edge`) and never imports ``actors``,

@@ -13,6 +13,7 @@ kind            status / detail
 ``cancel``      the state: a cancel asked for a command that was already sent (the edge decides)
 ``refused``     REFUSED; ``code: message`` (forbidden, rate_limited, invalid, duplicate_id, unauthorized, ...)
 ``edge``        CONNECTED / DISCONNECTED; the remote address, the instance
+``login``       SIGNED_IN: a ``[users]`` user signed in to the operator page (from where, for how long)
 ==============  ===========================================================================================
 
 Two implementations: :mod:`.audit_sqlite` (default; in the queue's SQLite file, committed with it) and

@@ -9,6 +9,9 @@ secret). ``exp`` is required, ``nbf`` and ``aud`` are checked, ``iss`` when conf
     sub          who (the audit's user)
     can_control  edge ids the holder may command, or "*"
     can_view     edge ids the holder may only watch (status frames, GET), or "*"; can_control implies it
+    ses          set on the session tokens the router itself signs when a ``[users]`` user signs in to the
+                 operator page (:mod:`.api_login`; HS256 with ``[ui] session_secret``, else ``hs256_secret``):
+                 such a token is refused once its user is no longer in ``[users]``
 
 An edge presents either the per-edge secret from ``[edges]`` (plain or its ``sha256:`` digest in the file) or
 a JWT with ``role = "edge"`` and ``sub = "edge:<edge_id>"``. Either names exactly one edge: the edge's
@@ -37,11 +40,14 @@ from runtime.core.errors import ConfigurationError
 
 from .config import AuthConfig, RouterConfig
 
-__all__ = ["ALL", "AuthError", "Principal", "Authenticator", "mint", "user_claims", "edge_claims",
+__all__ = ["ALL", "SESSION_CLAIM", "AuthError", "Principal", "Authenticator", "mint", "user_claims", "edge_claims",
            "secret_digest"]
 
 #: "every edge" in can_control / can_view.
 ALL = "*"
+#: Marks the session tokens the router signs at a password sign-in (:mod:`.api_login`): such a token is only
+#: good while its user is still in ``[users]``.
+SESSION_CLAIM = "ses"
 _ASYMMETRIC = ("RS256", "EdDSA")
 
 
@@ -112,6 +118,9 @@ class Authenticator:
         for k in self.auth.public_keys:
             pem = k.pem if k.pem is not None else config.path(k.path or "").read_text(encoding="utf-8")
             self._keys.append((k.alg, k.kid, _public_key(pem, k.alg)))
+        #: HS256 keys: the configured secret, and the operator page's session secret when it has its own.
+        self._hs256 = [k for k in dict.fromkeys((self.auth.hs256_secret, config.ui.session_secret)) if k]
+        self._users = frozenset(config.users)
         self._jwks = jwt.PyJWKClient(self.auth.jwks_url, cache_keys=True, lifespan=300, timeout=5) \
             if self.auth.jwks_url else None
         #: sha256 hex of each edge secret -> edge id
@@ -130,9 +139,9 @@ class Authenticator:
             raise AuthError("unauthorized", f"malformed token: {exc}") from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg == "HS256":
-            if self.auth.hs256_secret is None:
+            if not self._hs256:
                 raise AuthError("unauthorized", "HS256 tokens are not accepted by this router")
-            return [self.auth.hs256_secret], alg
+            return self._hs256, alg
         if alg not in _ASYMMETRIC:
             raise AuthError("unauthorized", f"token algorithm {alg!r} is not accepted (HS256, RS256, EdDSA)")
         keys = [key for a, k, key in self._keys if a == alg and (kid is None or k is None or k == kid)]
@@ -180,6 +189,8 @@ class Authenticator:
         claims = await self.claims(token)
         if claims.get("role") == "edge":
             raise AuthError("forbidden", "an edge credential cannot act as a user", 403)
+        if claims.get(SESSION_CLAIM) and str(claims["sub"]) not in self._users:
+            raise AuthError("unauthorized", f"user {claims['sub']!r} is no longer in [users]: sign in again")
         return Principal(subject=str(claims["sub"]), control=_edge_set(claims.get("can_control"), "can_control"),
                          view=_edge_set(claims.get("can_view"), "can_view"))
 

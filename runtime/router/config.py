@@ -41,6 +41,28 @@ import :mod:`runtime.config` (it pulls in the device protocols), so these models
     user = "20/second"
     edge = "50/second"
     handshake = "200/second"
+    login = "10/minute"               # sign-in attempts per user name
+    login_address = "50/minute"       # ... and per client address
+
+    [users.alice]                     # who may sign in to the operator page with a password
+    password = "scrypt:16384:8:1:..." # a hash from `coordinator token password`, never the password
+    can_control = ["*"]               # edges alice may command ("*": all)
+    can_view = []                     # edges alice may only watch
+    [users.viewer]
+    password = "scrypt:16384:8:1:..."
+    can_view = ["*"]
+
+    [ui]                              # the operator page (/ui/)
+    enabled = true
+    session_secret = "..."            # signs the page's session tokens (default: [auth] hs256_secret)
+    session_ttl_s = 3600              # a sign-in lasts this long
+    refresh_s = 5                     # the page re-reads the edges (and charts) this often
+    telemetry_window_s = 3600         # the charts' span (kept in memory, per edge and device)
+    telemetry_bucket_s = 30           # one chart point (mean, min, max) per bucket
+    telemetry_max_series = 10000      # (edge, device, value) series kept at most
+
+Signing in with a password needs a key the router signs session tokens with: ``[ui] session_secret``, or else
+``[auth] hs256_secret``; a file with ``[users]`` and neither is refused.
 """
 
 from __future__ import annotations
@@ -57,7 +79,7 @@ from runtime.config.errors import describe_errors
 from runtime.core.errors import ConfigFileError
 
 __all__ = ["RouterConfig", "ListenConfig", "AuthConfig", "PublicKeyConfig", "StoreConfig", "RedisConfig",
-           "PostgresConfig", "LimitsConfig", "load_router_config", "parse_router_config"]
+           "PostgresConfig", "LimitsConfig", "UserConfig", "UiConfig", "load_router_config", "parse_router_config"]
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -145,9 +167,14 @@ class LimitsConfig(Strict):
     #: Websocket handshakes this router instance accepts (edges and clients): a reconnect storm is spread
     #: out instead of taking the instance down (HTTP 429 with Retry-After beyond it).
     handshake: str = "200/second"
+    #: Sign-in attempts (POST /api/v1/login) per user name: each attempt costs a password hash (~50 ms of
+    #: CPU), and guessing gets slow.
+    login: str = "10/minute"
+    #: The same, per client address (higher: many people may sign in from behind one address).
+    login_address: str = "50/minute"
     strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = "moving-window"
 
-    @field_validator("user", "edge", "handshake")
+    @field_validator("user", "edge", "handshake", "login", "login_address")
     @classmethod
     def _rate(cls, value: str) -> str:
         from limits import parse_many
@@ -156,6 +183,50 @@ class LimitsConfig(Strict):
         except ValueError:
             raise ValueError(f"not a rate limit (e.g. '20/second' or '100 per minute'): {value!r}") from None
         return value
+
+
+EdgeList = list[Annotated[str, Field(min_length=1, max_length=128)]]
+
+
+class UserConfig(Strict):
+    """One user of the operator page (``[users.<name>]``): a password hash and the edges the user may command
+    or watch, as the can_control / can_view claims of the session token the router signs at sign-in."""
+
+    password: str
+    can_control: EdgeList = []
+    can_view: EdgeList = []
+
+    @field_validator("password")
+    @classmethod
+    def _hashed(cls, value: str) -> str:
+        from .passwords import check_hash
+        problem = check_hash(value)
+        if problem is not None:
+            shown = "scrypt:..." if value.startswith("scrypt:") else "a value that is not a hash"
+            raise ValueError(f"{problem}; got {shown}. Store only the hash that `coordinator token password` "
+                             "prints, never the password itself")
+        return value
+
+
+class UiConfig(Strict):
+    """The operator page (``[ui]``, see the module docstring)."""
+
+    enabled: bool = True
+    #: Signs the session tokens of password sign-ins (HS256); default: [auth] hs256_secret.
+    session_secret: Annotated[str, Field(min_length=32)] | None = None
+    session_ttl_s: Annotated[float, Field(ge=60, le=7 * 86400)] = 3600.0
+    refresh_s: Annotated[float, Field(ge=0.5, le=300)] = 5.0
+    telemetry_window_s: Annotated[float, Field(ge=60, le=86400)] = 3600.0
+    telemetry_bucket_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    telemetry_max_series: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+
+    @model_validator(mode="after")
+    def _buckets(self) -> "UiConfig":
+        points = self.telemetry_window_s / self.telemetry_bucket_s
+        if points > 2000:
+            raise ValueError(f"telemetry_window_s / telemetry_bucket_s is {points:g} points per chart; at most "
+                             "2000 (raise telemetry_bucket_s)")
+        return self
 
 
 class RouterConfig(Strict):
@@ -174,8 +245,22 @@ class RouterConfig(Strict):
     redis: RedisConfig | None = None
     postgres: PostgresConfig | None = None
     limits: LimitsConfig = LimitsConfig()
+    users: dict[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")],
+                UserConfig] = {}
+    ui: UiConfig = UiConfig()
     #: The folder relative paths are resolved against (the config file's); set by the loader.
     _base_dir: str = PrivateAttr(default=".")
+
+    @model_validator(mode="after")
+    def _session_key(self) -> "RouterConfig":
+        if self.users and self.session_secret() is None:
+            raise ValueError("users: signing in with a password needs a key to sign the session tokens: set "
+                             "[ui] session_secret (32 characters or more) or [auth] hs256_secret")
+        return self
+
+    def session_secret(self) -> str | None:
+        """The key session tokens are signed with: ``[ui] session_secret``, else ``[auth] hs256_secret``."""
+        return self.ui.session_secret or self.auth.hs256_secret
 
     def instance(self) -> str:
         """This instance's id: ``instance_id``, else ``<host>:<port>``."""

@@ -5,15 +5,17 @@ Capabilities are saved to the store as soon as they arrive (commands for an offl
 the last ones it published, across router restarts and across a fleet). Telemetry and site state come often:
 only the latest of each is kept (telemetry: the latest values of each device, merged, with their time), and
 they are saved at most every ``save_every_s`` (:meth:`EdgeDirectory.save_dirty`, from the hub's
-housekeeping). In a fleet, another instance's edges are read back from the store (cached for
-``fleet_cache_s``). Runs on the router's loop.
+housekeeping); ``site_state_at`` is when the latest site state arrived (its overrides' ``seconds_left`` count
+from then). Each telemetry frame also goes to the ``telemetry_listeners`` (the operator page's
+:class:`~runtime.router.telemetry.TelemetryHistory`). In a fleet, another instance's edges are read back from
+the store (cached for ``fleet_cache_s``). Runs on the router's loop.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from protocols.edge.wire import Capabilities, SiteState, Telemetry
 
@@ -34,6 +36,8 @@ class EdgeDirectory:
         self._caps: dict[str, Capabilities | None] = {}
         self._dirty: set[str] = set()
         self._loaded_at = 0.0
+        #: Called with (edge_id, frame) for every telemetry frame (the operator page's history).
+        self.telemetry_listeners: list[Callable[[str, Telemetry], None]] = []
         #: fleet: when each edge was last read back, and the JSON read (unchanged JSON is not parsed again)
         self._checked: dict[str, float] = {}
         self._raw: dict[str, str] = {}
@@ -102,11 +106,13 @@ class EdgeDirectory:
         device["at"] = frame.at
         info["last_seen"] = time.time()
         self._dirty.add(edge_id)
+        for listener in self.telemetry_listeners:
+            listener(edge_id, frame)
 
     def site_state(self, edge_id: str, frame: SiteState) -> None:
         info = self._entry(edge_id)
         info["site_state"] = frame.model_dump(mode="json", exclude={"v", "type"})
-        info["last_seen"] = time.time()
+        info["last_seen"] = info["site_state_at"] = time.time()
         self._dirty.add(edge_id)
 
     async def disconnected(self, edge_id: str) -> None:
@@ -131,7 +137,7 @@ class EdgeDirectory:
             owner = owners.get(edge_id)
             info["online"] = owner is not None
             info["instance"] = owner if owner is not None else info.get("instance")
-            for key in ("last_seen", "connected_at"):
+            for key in ("last_seen", "connected_at", "site_state_at"):
                 if key in info:
                     info[key] = iso(info[key])
             out.append(info)

@@ -1,7 +1,8 @@
-"""Rate limits (the ``limits`` library): commands per user and per edge, websocket handshakes per instance.
+"""Rate limits (the ``limits`` library): commands per user and per edge, sign-in attempts per user name and per
+client address, websocket handshakes per instance.
 
-User and edge limits are counted in memory on one router and in Redis in a fleet (``limits``' asyncio Redis
-storage over our own redis-py connection pool, so every router counts against the same windows). The
+User, edge and login limits are counted in memory on one router and in Redis in a fleet (``limits``' asyncio
+Redis storage over our own redis-py connection pool, so every router counts against the same windows). The
 handshake limit is always this instance's own (memory): it protects this process from a reconnect storm,
 whatever the others do. Over a limit, :meth:`RateLimits.submit` / :meth:`RateLimits.handshake` return the
 seconds until a slot frees (``retry_after``); within it they return None. Runs on the router's loop.
@@ -36,6 +37,18 @@ class _SweptMemoryStorage(sync_storage.MemoryStorage):
     def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 (the base class's private hook)
         pass
 
+    async def login(self, user: str, remote: str) -> tuple[str, float] | None:
+        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limits (``login`` per
+        user name, ``login_address`` per address; shared by a fleet); else (``"user"`` or ``"address"``,
+        retry_after)."""
+        wait = await self._over(self._shared, self._login, "login-user", user)
+        if wait is not None:
+            return "user", wait
+        wait = await self._over(self._shared, self._login_address, "login-address", remote)
+        if wait is not None:
+            return "address", wait
+        return None
+
     def expire(self) -> None:
         getattr(self, "_MemoryStorage__expire_events")()
 
@@ -65,6 +78,8 @@ class RateLimits:
         self._user = parse_many(config.user)
         self._edge = parse_many(config.edge)
         self._handshake = parse_many(config.handshake)
+        self._login = parse_many(config.login)
+        self._login_address = parse_many(config.login_address)
 
     async def _over(self, limiter: Any, items: list[RateLimitItem], *key: str) -> float | None:
         for item in items:
@@ -83,6 +98,18 @@ class RateLimits:
         wait = await self._over(self._shared, self._edge, "edge", edge_id)
         if wait is not None:
             return "edge", wait
+        return None
+
+    async def login(self, user: str, remote: str) -> tuple[str, float] | None:
+        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limits (``login`` per
+        user name, ``login_address`` per address; shared by a fleet); else (``"user"`` or ``"address"``,
+        retry_after)."""
+        wait = await self._over(self._shared, self._login, "login-user", user)
+        if wait is not None:
+            return "user", wait
+        wait = await self._over(self._shared, self._login_address, "login-address", remote)
+        if wait is not None:
+            return "address", wait
         return None
 
     def expire(self) -> None:

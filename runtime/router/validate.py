@@ -4,7 +4,8 @@ The edge checks again when the command arrives (its devices may have changed sin
 that an operator hears at once, with the reason, that a command cannot work, instead of after a queue and
 a round trip. It follows the edge's rules (:mod:`protocols.edge.channels`): the device exists, the channel
 exists and is writable, it takes this command type, the unit converts (W and kW for power channels, the
-channel's own unit otherwise), and the value is within the published min/max. Controllers
+channel's own unit otherwise), the value is within the published min/max, and a ``config_override`` says
+how long it holds (``duration_sec``). Controllers
 (``mode_change`` / ``scheduler_control``) and ``system`` commands target the site device.
 
 An edge that never published capabilities (never connected) gets its commands queued unchecked: the edge's
@@ -61,6 +62,9 @@ def check_command(command: EdgeCommand, caps: Capabilities | None) -> None:
                         "wrong_command_type", command.command_id)
     if kind == "system":
         return
+    if kind == "config_override" and command.duration_sec is None:
+        raise WireError(f"{where}: a config_override needs duration_sec (how long it holds before it reverts)",
+                        "missing_duration", command.command_id)
     _check_value(command, channel, where)
 
 
