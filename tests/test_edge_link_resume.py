@@ -149,7 +149,7 @@ def test_commands_open_at_a_restart_are_carried_on_with_the_time_they_have_left(
             site.device("bat-1").set_silent(True)
             router.send(command("b", value=2_000))                                   # in flight, never answered
             router.send(command("q", channel="SetSocTarget", value=70, unit="%"))    # waits behind it
-            wait_until(lambda: edge_state(site)["queued"] == 1 and router.statuses("b")[-1] == "accepted")
+            wait_until(lambda: edge_state(site)["queued"] == 1 and router.statuses("b")[-1:] == ["accepted"])
         assert site.device("bat-1").applied == []
         later = VirtualClock(T0 + timedelta(seconds=100))
         with make_site(router, tmp_path, clock=later) as again:

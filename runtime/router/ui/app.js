@@ -173,6 +173,10 @@ class ApiError extends Error {
 async function api(path, { method = "GET", body, raw = false } = {}) {
   const headers = {};
   if (S.token) headers.Authorization = `Bearer ${S.token}`;
+  else if (path !== "/api/v1/login" && path !== "/api/v1/ui") {
+    // signed out while a refresh was under way: nothing goes to the router without a session
+    throw new ApiError(401, { code: "signed_out", message: "signed out" });
+  }
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
