@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from protocols.edge.wire import FINAL_CLOUD_STATUSES as FINAL
+
 from tests.asyncsupport import wait_until
 from tests.servers import EDGE_SECRETS, RouterProcess, free_port, http, router_table, token, write_toml
 from tests.test_service_run import SiteProcess

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal, Mapping
 from urllib.parse import urlsplit
 
 from websockets.exceptions import InvalidURI
@@ -38,7 +38,7 @@ from .chargepoint import ChargePointSim
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backoff", "Fleet", "check_url", "fleet_ids", "start_fleet", "run_fleet"]
+__all__ = ["Backoff", "Fleet", "check_url", "fleet_ids", "start_fleet", "run_fleet", "stop_on"]
 
 
 def fleet_ids(count: int, id_prefix: str = "CP") -> list[str]:
@@ -167,9 +167,13 @@ async def _attempt(fleet: Fleet, sims: list[ChargePointSim], sem: asyncio.Semaph
     return len(started)
 
 
-def _new_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"], id_prefix: str, **kw: Any) -> Fleet:
-    """``count`` simulators (ids from :func:`fleet_ids`), none started yet: all pending."""
-    return Fleet([], [], [ChargePointSim(cp_id, url, version, **kw) for cp_id in fleet_ids(count, id_prefix)])
+def _new_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"], id_prefix: str,
+               per_charge_point: Callable[[str], Mapping[str, Any]] | None = None, **kw: Any) -> Fleet:
+    """``count`` simulators (ids from :func:`fleet_ids`), none started yet: all pending. ``per_charge_point``
+    gives keyword arguments of one charge point (its own password or client certificate, say)."""
+    return Fleet([], [], [ChargePointSim(cp_id, url, version, **kw, **(per_charge_point(cp_id) if per_charge_point
+                                                                       else {}))
+                          for cp_id in fleet_ids(count, id_prefix)])
 
 
 async def start_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"] = "1.6", id_prefix: str = "CP", *,
@@ -260,3 +264,17 @@ async def run_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"] = "1.
             log.error("OCPP fleet: starting the charge points failed", exc_info=outcome)
         await fleet.stop()
     return fleet
+
+
+def stop_on(io: Any, sims: Iterable[Any], timeout: float = 10.0) -> None:
+    """Stop each simulator (``await sim.stop()``) on the :class:`~runtime.core.iothread.IOThread` ``io``
+    that runs them, then the thread itself; a simulator that fails to stop is logged and the others are
+    still stopped. Nothing happens when ``io`` is not running. Call it from any thread but ``io``'s."""
+    if not io.running:
+        return
+    for sim in sims:
+        try:
+            io.call(sim.stop(), timeout=timeout)
+        except Exception:
+            log.exception("stopping simulator %r failed", sim)
+    io.stop()

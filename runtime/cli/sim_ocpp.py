@@ -18,8 +18,9 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from protocols.sim.fleet import check_url, run_fleet
+from protocols.sim.fleet import check_url, fleet_ids, run_fleet
 
 from .argtypes import integer, log_level, number
 
@@ -40,7 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--accepted-unit", choices=_UNITS, default="W", metavar="UNIT",
                         help="charging rate unit the chargers accept in profiles: W, A, or A,W for both "
                              "(default W)")
-    parser.add_argument("--password", default=None, help="HTTP Basic password (security profile 1)")
+    parser.add_argument("--password", default=None, help="HTTP Basic password (security profiles 1 and 2)")
+    parser.add_argument("--ca-cert", default=None, metavar="FILE",
+                        help="PEM CA certificate(s) the central system's certificate must chain to (wss:// urls; "
+                             "default: the system's trust store)")
+    parser.add_argument("--client-cert", default=None, metavar="PATTERN",
+                        help="each charge point's own PEM certificate (security profile 3); {id} in the path is "
+                             "replaced by its id, e.g. certs/{id}.pem")
+    parser.add_argument("--client-key", default=None, metavar="PATTERN",
+                        help="the private key of each --client-cert (default: in the certificate file)")
     parser.add_argument("--meter-interval", type=number(0), default=60.0,
                         help="seconds between periodic MeterValues, 0 = only on change (default 60)")
     parser.add_argument("--plug-in", action="store_true", help="plug an EV into every charger after boot")
@@ -60,6 +69,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _tls_files(args: argparse.Namespace, cp_id: str) -> dict[str, str]:
+    """The TLS keyword arguments of charge point ``cp_id``: the CA, and its own certificate and key."""
+    files = {"ca_cert": args.ca_cert, "client_cert": args.client_cert, "client_key": args.client_key}
+    return {key: value.replace("{id}", cp_id) for key, value in files.items() if value is not None}
+
+
+def _tls_problem(args: argparse.Namespace) -> str | None:
+    """Why the TLS options cannot work (checked for the first charge point), or None."""
+    if not (args.ca_cert or args.client_cert or args.client_key):
+        return None
+    if not args.url.startswith("wss://"):
+        return f"--ca-cert / --client-cert need a wss:// --url, got {args.url!r}"
+    if args.client_key and not args.client_cert:
+        return "--client-key: give --client-cert too"
+    first = fleet_ids(args.count, args.id_prefix)[0]
+    for option, path in _tls_files(args, first).items():
+        if not Path(path).is_file():
+            return f"--{option.replace('_', '-')} {path!r} (for charge point {first}): no such file"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the fleet described by ``args`` until SIGINT/SIGTERM; 0 on a clean stop, 1 if none connected,
     2 (one line on stderr) for a malformed URL or retry window."""
@@ -67,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
         check_url(args.url)
     except ValueError as exc:
         print(f"coordinator sim ocpp: --url {args.url!r} is malformed: {exc}", file=sys.stderr)
+        return 2
+    problem = _tls_problem(args)
+    if problem:
+        print(f"coordinator sim ocpp: {problem}", file=sys.stderr)
         return 2
     if args.retry_cap < args.retry_base:
         print(f"coordinator sim ocpp: --retry-cap ({args.retry_cap:g} s) must be >= --retry-base "
@@ -94,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
                 retry_base=args.retry_base, retry_cap=args.retry_cap, max_kw=args.max_kw,
                 accepted_unit=args.accepted_unit, password=args.password, meter_interval=args.meter_interval,
                 plug_in=args.plug_in, start_transactions=args.start_transactions, concurrency=args.concurrency,
-                validate=not args.no_validation, delay=args.delay, auto_reconnect=True)
+                validate=not args.no_validation, delay=args.delay, auto_reconnect=True,
+                per_charge_point=lambda cp_id: _tls_files(args, cp_id))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:

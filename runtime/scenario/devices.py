@@ -7,7 +7,8 @@ each action is one of its knobs. Fast, and on a virtual clock exactly repeatable
 :class:`~protocols.sim.chargepoint.ChargePointSim` charge points (OCPP 1.6) that connect to the Site's
 own central system and are driven through :class:`~protocols.ocpp.link.OcppChargerLink`; an EV is
 plugged in and charging at each one from the start, so that the charger's power follows its profile
-(MeterValues report it). Batteries are :class:`~protocols.sim.battery.BatterySim` pymodbus servers
+(MeterValues report it); with ``security_profile`` 1-3 they connect under that OCPP security profile
+(:mod:`protocols.sim.pki`: passwords, and a throwaway CA for TLS). Batteries are :class:`~protocols.sim.battery.BatterySim` pymodbus servers
 (default register map, SoC integrated on the site clock) behind
 :class:`~protocols.modbus.link.ModbusBatteryLink`. The simulators run on an I/O thread of their own, as
 devices elsewhere would. Each action maps onto the simulator's own fault injection:
@@ -150,6 +151,8 @@ class SimDevices:
         self.chargers: dict[str, Any] = {}
         self.batteries: dict[str, Any] = {}
         self._links: dict[str, CrashableLink] = {}
+        self._security: Any = None
+        self._pki_dir: Any = None
         self._ack_timeout_s = scenario.timeouts.ack_timeout_s
 
     def links(self) -> dict[str, DeviceLink]:
@@ -177,8 +180,16 @@ class SimDevices:
     def site_options(self) -> dict[str, Any]:
         if not any(a.kind == "charger" for a in self.scenario.assets):
             return {}
+        import tempfile
+
+        from protocols.sim.pki import simulated_security
+        ids = [a.id for a in self.scenario.assets if a.kind == "charger"]
+        profile = self.scenario.security_profile
+        if profile >= 2:
+            self._pki_dir = tempfile.TemporaryDirectory(prefix="scenario-pki-")
+        self._security = simulated_security(profile, ids, self._pki_dir.name if self._pki_dir else None)
         return {"ocpp": {"host": "127.0.0.1", "port": 0, "response_timeout": 5.0, "reconnect_grace": 0.3,
-                         "allow_ids": [a.id for a in self.scenario.assets if a.kind == "charger"]}}
+                         "allow_ids": ids, **self._security.server}}
 
     def started(self, site: "Site") -> None:
         """Connect every charge point to the site's central system, plug in an EV at each, and wait (bounded)
@@ -186,10 +197,11 @@ class SimDevices:
         from protocols.sim.chargepoint import ChargePointSim
         chargers = [a for a in self.scenario.assets if a.kind == "charger"]
         if chargers:
-            url = f"ws://127.0.0.1:{site.service('ocpp').port}"
+            url = site.service("ocpp").url
             for asset in chargers:
+                secured = self._security.charge_point(asset.id) if self._security is not None else {}
                 sim = ChargePointSim(asset.id, url, "1.6", max_kw=asset.max_kw, meter_interval=0,
-                                     response_timeout=5.0, phases=getattr(asset, "phases", 3))
+                                     response_timeout=5.0, phases=getattr(asset, "phases", 3), **secured)
                 self.chargers[asset.id] = sim
                 self.io.call(sim.start(), timeout=10)
                 self.io.call(sim.start_transaction(), timeout=10)
@@ -257,14 +269,11 @@ class SimDevices:
         site.settle()
 
     def stop(self) -> None:
-        if not self.io.running:
-            return
-        for sim in [*self.chargers.values(), *self.batteries.values()]:
-            try:
-                self.io.call(sim.stop(), timeout=10)
-            except Exception:
-                log.exception("stopping simulator %r failed", sim)
-        self.io.stop()
+        from protocols.sim.fleet import stop_on
+        stop_on(self.io, [*self.chargers.values(), *self.batteries.values()])
+        if self._pki_dir is not None:
+            self._pki_dir.cleanup()
+            self._pki_dir = None
 
 
 def _wait(site: "Site", done: Callable[[], bool], timeout: float) -> bool:

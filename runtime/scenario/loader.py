@@ -234,4 +234,5 @@ def load_scenario(path: str | os.PathLike[str]) -> Scenario:
         events=tuple(sorted((FaultEvent(e.at_s, e.asset, e.action, e.value) for e in config.events),
                             key=lambda e: e.at_s)),
         duration_s=config.duration_s, expect=config.expect, seed=config.seed, devices=config.devices,
+        security_profile=config.security_profile,
         grid=config.grid, retry=config.retry, timeouts=config.timeouts, slug=_slug(p.stem), source=p)

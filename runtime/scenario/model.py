@@ -189,6 +189,8 @@ class ScenarioConfig(Strict):
     duration_s: Positive | None = None
     seed: NonNegativeInt = 0
     devices: Literal["memory", "sim"] = "memory"
+    #: OCPP security profile of the simulated chargers (``devices = "sim"``; memory devices have no link)
+    security_profile: Literal[0, 1, 2, 3] = 0
     assets: Annotated[list[ScenarioAsset], Field(min_length=1)]
     schedule: ScheduleSection
     events: list[EventConfig] = []
@@ -251,6 +253,7 @@ class Scenario:
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     seed: int = 0
     devices: str = "memory"
+    security_profile: int = 0
     grid: GridConfig = field(default_factory=GridConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)

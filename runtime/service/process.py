@@ -111,7 +111,7 @@ class SiteProcess:
         links = self.simulators.start_batteries() if self.simulators is not None else None
         options = site_options(config)
         if self.simulators is not None and options.get("ocpp") is not None:
-            options["ocpp"] = {**options["ocpp"], "host": "127.0.0.1", "port": 0}  # a free port: no clash
+            options["ocpp"] = {**self.simulators.secure(options["ocpp"]), "host": "127.0.0.1", "port": 0}  # free port
         g = config.grid
         grid = GridLimit(import_kw=g.import_limit_kw, export_kw=g.export_limit_kw, policy=g.policy)
         self.site = Site(asset_specs(config, links), clock=self._clock, grid=grid,

@@ -6,11 +6,18 @@ batteries become :class:`~protocols.sim.battery.BatterySim` Modbus TCP servers o
 (with the configured register map), and each battery's link is pointed at its simulator. The
 simulators run on an I/O thread of their own, as a real device would run elsewhere: the site cannot
 tell them from hardware.
+
+Security profiles 1-3 are simulated too (:mod:`protocols.sim.pki`): profile 1 and 2 chargers present their
+configured passwords; under profiles 2 and 3 the site and the simulators use a throwaway CA made at start
+(the configured ``tls_cert``, ``tls_key`` and ``ca_cert`` are checked by ``coordinator check`` but not used:
+a simulator cannot get a client certificate from a CA whose key the site does not hold), with a client
+certificate per charge point under profile 3. The certificates live in a temporary folder removed at stop.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
 from protocols.base import DeviceLink
@@ -18,6 +25,8 @@ from protocols.modbus.link import ModbusBatteryLink
 from protocols.modbus.register_map import load_register_map, sunspec_map
 from protocols.sim.battery import BatterySim
 from protocols.sim.chargepoint import ChargePointSim
+from protocols.sim.fleet import stop_on
+from protocols.sim.pki import SimulatedSecurity, simulated_security
 from runtime.config.models import BatteryConfig, ChargerConfig, SiteConfig
 from runtime.core.iothread import IOThread
 
@@ -35,6 +44,24 @@ class Simulators:
         self.io = IOThread(name="simulators")
         self.batteries: dict[str, BatterySim] = {}
         self.chargers: dict[str, ChargePointSim] = {}
+        self.security: SimulatedSecurity | None = None
+        self._pki_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def secure(self, ocpp: dict[str, Any]) -> dict[str, Any]:
+        """The central system's options (``ocpp``, from :func:`~runtime.config.build.ocpp_options`) for the
+        simulated chargers: under security profiles 2 and 3 with the throwaway PKI's files instead of the
+        configured ones (and a log line saying so)."""
+        profile = int(ocpp.get("security_profile") or 0)
+        ids = [a.ocpp.charge_point_id for a in self.config.assets if isinstance(a, ChargerConfig) and a.ocpp]
+        passwords = {a.ocpp.charge_point_id: a.ocpp.password for a in self.config.assets
+                     if isinstance(a, ChargerConfig) and a.ocpp is not None and a.ocpp.password is not None}
+        if profile >= 2:
+            self._pki_dir = tempfile.TemporaryDirectory(prefix="coordinator-sim-pki-")
+            log.info("simulated chargers: security profile %d with a throwaway CA in %s (the configured "
+                     "certificates are not used with --simulate)", profile, self._pki_dir.name)
+        self.security = simulated_security(profile, ids, self._pki_dir.name if self._pki_dir else None, passwords)
+        secured = {k: v for k, v in ocpp.items() if k not in ("tls_cert", "tls_key", "ca_cert")}
+        return {**secured, **self.security.server}
 
     def start_batteries(self) -> dict[str, DeviceLink]:
         """Start one battery simulator per battery; returns {asset_id: link to its simulator}."""
@@ -65,20 +92,17 @@ class Simulators:
             if not isinstance(asset, ChargerConfig) or asset.ocpp is None:
                 continue
             c = asset.ocpp
+            secured = self.security.charge_point(c.charge_point_id) if self.security else {"password": c.password}
             sim = ChargePointSim(c.charge_point_id, central_system_url, "1.6", max_kw=asset.max_kw,
-                                 password=c.password, connector_id=c.connector_id, phases=asset.phases,
-                                 auto_reconnect=True)
+                                 connector_id=c.connector_id, phases=asset.phases, auto_reconnect=True, **secured)
             self.io.call(sim.start(), timeout=10)
             self.chargers[asset.id] = sim
             log.info("simulated charger %s (charge point %s) connected to %s", asset.id, c.charge_point_id,
                      central_system_url)
 
     def stop(self) -> None:
-        if not self.io.running:
-            return
-        for sim in [*self.chargers.values(), *self.batteries.values()]:
-            try:
-                self.io.call(sim.stop(), timeout=10)
-            except Exception:
-                log.exception("stopping simulator %r failed", sim)
-        self.io.stop()
+        """Stop every simulator and remove the throwaway certificates. Idempotent."""
+        stop_on(self.io, [*self.chargers.values(), *self.batteries.values()])
+        if self._pki_dir is not None:
+            self._pki_dir.cleanup()
+            self._pki_dir = None
