@@ -71,7 +71,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
     def site() -> None:
         from .site import TARGETS as SITE, bench_depot, bench_idle
         r = bench_depot(hours=n(2.0, 24.0))
-        print_figures(out, "site depot", r, [("every command final", r["completed"] > 0)])
+        print_figures(out, "site depot", r, [("every command final", r["commands"] > 0 and r["not_final"] == 0)])
         r = bench_idle(n_chargers=n(10, 50), n_batteries=n(2, 4), seconds=n(5.0, 30.0))
         print_figures(out, "site idle", r, [
             (f"cpu < {SITE['idle_cpu_pct']:g} % of one core", r["cpu_pct"] < SITE["idle_cpu_pct"]),

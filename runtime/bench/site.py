@@ -171,6 +171,10 @@ def bench_depot(hours: float = 24.0, devices: str = "sim") -> dict[str, Any]:
     result = run_scenario(scenario, devices=devices, out=io.StringIO(), as_json=True, progress=False)
     wall = time.perf_counter() - t0
     commands = sum(result.counts.values())
+    from runtime.core.commands import FINAL_STATUSES
+    final = {s.value for s in FINAL_STATUSES}
     return {"hours": hours, "devices": devices, "assets": len(base.assets), "commands": commands,
             "wall_s": round(wall, 1), "commands_per_s": round(commands / wall, 1),
-            "completed": result.counts.get("COMPLETED", 0), "rss_mb": round(_rss_mb(os.getpid()), 1)}
+            "completed": result.counts.get("COMPLETED", 0),
+            "not_final": sum(n for status, n in result.counts.items() if status not in final),
+            "rss_mb": round(_rss_mb(os.getpid()), 1)}
