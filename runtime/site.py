@@ -43,9 +43,9 @@ from actors.dispatcher import DispatcherActor
 from actors.edge_link import EdgeLinkActor, EdgeLinkOptions
 from actors.event_actor import EventActor
 from actors.handlers import Request
-from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetStatus, ListCommands,
-                             Ping, Publish, SetController, SetParameter, SubmitBatch, SubmitCommands, Subscribe,
-                             Unsubscribe)
+from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetEdgeState,
+                             GetStatus, ListCommands, Ping, Publish, SetController, SetParameter, SubmitBatch,
+                             SubmitCommands, Subscribe, Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
 from protocols.base import DeviceLink
 from protocols.memory import InMemoryDevice
@@ -408,12 +408,39 @@ class Site:
             raise SiteNotRunning("the site is not running: call start() or use it as a context manager")
         return ref
 
+    def _actor(self, name: str) -> pykka.ActorRef[Any]:
+        """A running actor by name: "dispatcher", "supervisor", "events", or "edge" (the cloud link)."""
+        if name != "edge":
+            return self._require(name)
+        self._require("dispatcher")
+        if self._edge is None:
+            raise SiteNotRunning("this site has no cloud link (no [cloud] section, no cloud= option)")
+        return self._edge
+
+    @property
+    def cloud_options(self) -> EdgeLinkOptions | None:
+        """The cloud link's options (``cloud=``), or None for a site without one."""
+        return self._cloud
+
+    def cloud_status(self) -> dict[str, Any] | None:
+        """The cloud link's state, or None for a site without one (no ``cloud=``, no ``[cloud]``).
+
+        ``connected`` (a session with the router is open), ``ready`` (its ``welcome`` came), ``last_seq``
+        (the highest command seq journaled), ``queued`` (device commands waiting at the edge), ``in_flight``
+        (at the site), ``leases`` (active overrides and the seconds they have left), ``controllers`` (the
+        switches the cloud set), ``sessions`` (how many sessions it has opened). Asked from the caller's
+        thread (bounded wait). :raises SiteNotRunning: the site is not running."""
+        self._require("dispatcher")
+        if self._cloud is None:
+            return None
+        return dict(self._actor("edge").ask(GetEdgeState(), timeout=ASK_TIMEOUT_S))
+
     def ask_async(self, target: "str | pykka.ActorRef[Any]", message: Any) -> "asyncio.Future[Any]":
         """Ask an actor from code running on an asyncio loop, without blocking the loop: returns a future
         of the running loop that gets the actor's answer (or its exception).
 
-        ``target`` is "dispatcher", "supervisor", "events" or an actor ref (an asset actor's, from the
-        supervisor). The actor answers through a :class:`~actors.handlers.Request`; no thread waits for
+        ``target`` is "dispatcher", "supervisor", "events", "edge" (the cloud link) or an actor ref (an asset
+        actor's, from the supervisor). The actor answers through a :class:`~actors.handlers.Request`; no thread waits for
         it. Await it with a timeout (``asyncio.timeout``): an actor that dies before answering leaves it
         pending."""
         loop = asyncio.get_running_loop()
@@ -433,7 +460,7 @@ class Site:
                 pass
 
         try:
-            ref = self._require(target) if isinstance(target, str) else target
+            ref = self._actor(target) if isinstance(target, str) else target
             ref.tell(Request(message, reply))
         except (pykka.ActorDeadError, SiteNotRunning) as exc:
             future.set_exception(exc if isinstance(exc, SiteNotRunning) else

@@ -129,6 +129,10 @@ def test_a_setpoint_for_a_battery_and_one_for_a_charger_are_executed_by_the_devi
     site = start_site(site_file(tmp_path, cloud.port))
     try:
         wait_until(cloud.edge_online, 30, "the edge online at the router")
+        link = wait_until(lambda: (lambda s: s if s["ready"] else None)(site.get("/api/v1/cloud")), 10,
+                          "the site's cloud link ready")
+        assert link["connected"] and link["edge_id"] == "e1" and link["url"].endswith(f":{cloud.port}/ws/edge")
+        assert link["sessions"] == 1 and link["queued"] == 0
         cloud.submit("bat-a", "bat-1", "SetActivePower", -20_000)
         cloud.submit("ev-a", "ev-1", "SetChargePowerLimit", 11_000)
         for cid in ("bat-a", "ev-a"):
@@ -175,6 +179,7 @@ def test_a_router_killed_after_accepting_a_command_delivers_it_once_when_it_is_b
     try:
         wait_until(cloud.edge_online, 30, "the edge online at the router")
         cloud.stop()                          # a clean stop, then a command queued before a crash:
+        wait_until(lambda: not site.get("/api/v1/cloud")["connected"], 20, "the site to see the router gone")
         cloud.start()
         wait_until(cloud.edge_online, 30, "the edge back online")
         cloud.submit("across-crash", "bat-1", "SetActivePower", 15_000)

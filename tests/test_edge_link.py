@@ -19,7 +19,6 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from actors.edge_link import EdgeLinkOptions
-from actors.messages import GetEdgeState
 from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, Hello, SiteState, Telemetry,
                                  Welcome, decode, encode)
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, RealClock, Site,
@@ -210,7 +209,9 @@ def make_site(router: FakeRouter, journal_dir: Any, clock: Any = None, assets: A
 
 
 def edge_state(site: Site) -> dict[str, Any]:
-    return site._edge.ask(GetEdgeState(), timeout=5)  # type: ignore[union-attr]
+    state = site.cloud_status()
+    assert state is not None
+    return state
 
 
 # ---- online delivery -----------------------------------------------------------------------------

@@ -158,6 +158,9 @@ def test_unknown_commands_and_assets_are_404_naming_them(api):
     assert status == 404 and "'ev-9'" in body["error"] and "'ev-1'" in body["error"]
     status, body = api.get("/api/v1/nowhere")
     assert status == 404 and "/api/v1/nowhere" in body["error"]
+    status, body = api.get("/api/v1/cloud")
+    assert status == 404 and "no cloud link" in body["error"] and "[cloud]" in body["error"]
+    assert api.site.cloud_status() is None
 
 
 # ---- schedules -----------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from actors.messages import GetAssetRef, GetAssetState, GetCommand, GetCounts, GetStatus, SubmitBatch, SubmitCommands
+from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetCounts, GetEdgeState, GetStatus,
+                             SubmitBatch, SubmitCommands)
 from runtime.core.assets import AssetStatus
 from runtime.core.batch import CommandBatch
 from runtime.core.commands import Command
@@ -73,6 +74,12 @@ class SiteGateway:
                 supervision = "restarting"
         return AssetStatus(asset_id, "UNAVAILABLE", None, "down", False, f"asset actor {asset_id} is {supervision}",
                            supervision)
+
+    async def cloud_status(self) -> dict[str, Any] | None:
+        """As :meth:`Site.cloud_status`."""
+        if self.site.cloud_options is None:
+            return None
+        return dict(await self._ask("edge", GetEdgeState()))
 
     async def asset_statuses(self) -> list[AssetStatus]:
         return list(await asyncio.gather(*(self.asset_status(a) for a in self.site.asset_ids)))

@@ -11,6 +11,8 @@ naming the field and the value)::
                                    replace?, priority?} -> 202 {batch_id, commands, assets, start, end}
     GET  /api/v1/assets            {"assets": [AssetStatus fields + kind, ...]}
     GET  /api/v1/assets/{id}       one asset
+    GET  /api/v1/cloud             the cloud link: url, edge_id, connected, ready, last_seq, queued, in_flight,
+                                   leases, controllers, sessions (404 without [cloud])
     GET  /metrics                  Prometheus text format (the site's own registry: runtime.service.metrics)
     GET  /healthz                  200 while the process and its site are alive; 503 once the site failed
     GET  /readyz                   200 when the site runs, every asset reported its health and the API
@@ -298,6 +300,21 @@ def assets_router() -> APIRouter:
     return router
 
 
+def cloud_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1/cloud", tags=["cloud"])
+
+    @router.get("")
+    async def get_cloud(ctx: ApiContext = Depends(context)) -> dict[str, Any]:
+        status = await ctx.gateway.cloud_status()
+        if status is None:
+            raise ApiError(404, "this site has no cloud link (add a [cloud] section to its file)")
+        options = ctx.site.cloud_options
+        assert options is not None
+        return {"url": options.url, "edge_id": options.edge_id, **status}
+
+    return router
+
+
 async def readiness(ctx: ApiContext) -> tuple[list[str], list[str]]:
     """(why the site is not ready, assets that are up but unhealthy). Not ready: the site is not
     running, the API is not accepting work, the site says its start-up health round did not finish,
@@ -365,7 +382,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="Site coordinator", version="1", dependencies=[Depends(loopback_only)],
                   openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None)
     app.state.api = ctx
-    for router in (commands_router(), schedules_router(), assets_router(), health_router(), metrics_router()):
+    for router in (commands_router(), schedules_router(), assets_router(), cloud_router(), health_router(),
+                   metrics_router()):
         app.include_router(router)
     _install_error_handlers(app)
     return app
