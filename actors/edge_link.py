@@ -161,8 +161,10 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
 
     def __init__(self, options: EdgeLinkOptions, specs: Mapping[str, AssetSpec], *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any], events: pykka.ActorRef[Any],
-                 journal_dir: str | Path | None = None, fsync: str = "batch") -> None:
+                 journal_dir: str | Path | None = None, fsync: str = "batch",
+                 on_failure: Callable[[str], None] | None = None) -> None:
         super().__init__()
+        self._on_failure = on_failure
         self._options = options
         self._specs = dict(specs)
         self._io, self._clock = io, clock
@@ -254,12 +256,17 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
         self._log.close()
 
     def on_failure(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        """A handler raised (a journal write failed, say): the link is gone; the site carries on without it."""
-        log.error("edge link failed: %s: %s; the site is no longer reachable from the cloud", exc_type.__name__,
-                  exc_value)
+        """A handler raised (a journal write failed, say), in this actor's thread: the link is gone, and
+        ``on_failure`` (given by the Site) fails the site, as a dead dispatcher does: a site the cloud can no
+        longer reach must say so, and the site process exits non-zero so that its supervisor restarts it
+        (``cloud.jnl`` then carries every command on)."""
+        reason = f"edge link failed: {exc_type.__name__}: {exc_value}"
+        log.error("%s; the site is no longer reachable from the cloud", reason)
         if self._conn_op is not None:
             self._conn_op.cancel()
         self._log.close()
+        if self._on_failure is not None:
+            self._on_failure(reason)
 
     def _subscribed(self, subscription: Any, error: BaseException | None) -> None:
         if error is not None:

@@ -153,7 +153,8 @@ class Site:
     cloud:
         The edge link to the cloud command router (:class:`~actors.edge_link.EdgeLinkOptions`, or the site
         file's ``[cloud]``): started after the other actors, stopped before them; its journal is
-        ``cloud.jnl`` in ``journal_dir``. None: no cloud link.
+        ``cloud.jnl`` in ``journal_dir``. If it dies (a handler raised), the site fails as for a dead
+        dispatcher (``state`` "failed", a SITE_FAILED event with ``actor`` "edge link"). None: no cloud link.
     """
 
     def __init__(self, assets: Iterable[AssetSpec], *, clock: Clock | None = None,
@@ -275,7 +276,7 @@ class Site:
             self._edge = EdgeLinkActor.start(
                 self._cloud, self._specs, io=self._io, clock=self.clock, dispatcher=self._refs["dispatcher"],
                 supervisor=self._refs["supervisor"], events=self._refs["events"], journal_dir=self._journal_dir,
-                fsync=self._fsync)
+                fsync=self._fsync, on_failure=lambda reason: self._core_failed("edge link", reason))
         if isinstance(self.clock, VirtualClock):
             self.clock.on_fire = self.settle
             self.settle()

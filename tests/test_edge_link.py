@@ -23,7 +23,9 @@ from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, H
                                  Welcome, decode, encode)
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, RealClock, Site,
                      VirtualClock)
-from runtime.core.cloud_log import FINAL_ACKS
+from runtime.core.cloud_log import FINAL_ACKS, CloudLog
+from runtime.core.errors import SiteFailed
+from runtime.core.events import EventType
 from runtime.core.iothread import IOThread
 
 from .asyncsupport import wait_until
@@ -504,3 +506,26 @@ def test_a_wrong_credential_is_refused_and_the_edge_keeps_trying(tmp_path):
         assert router.sessions == 0 and not edge_state(site)["connected"]
         site.submit(Command("local", "ev-1", T.SET_CHARGE_RATE, 7.0, T0))   # the site works without the cloud
         assert site.wait_for("local").status is S.COMPLETED
+
+
+def test_a_dead_edge_link_fails_the_site_with_the_reason_and_an_event(tmp_path, monkeypatch, caplog):
+    with FakeRouter() as router:
+        with make_site(router, tmp_path) as site:
+            router.wait_session(1)
+            failed: list[Any] = []
+            site.events.subscribe(EventType.SITE_FAILED, failed.append)
+
+            def disk_full(self, seq, command, now):
+                raise OSError(28, "No space left on device")
+            monkeypatch.setattr(CloudLog, "receive", disk_full)
+            router.send(command("doomed"))                        # journaling it fails in the edge actor
+            wait_until(lambda: site.state == "failed", what="the site to notice its edge link died")
+            assert "edge link failed: OSError" in site.failure and "No space left" in site.failure
+            wait_until(lambda: failed, what="SITE_FAILED")
+            assert failed[0].payload["actor"] == "edge link"
+            assert "site failed: the edge link actor died" in caplog.text
+            with pytest.raises(SiteFailed):
+                site.cloud_status()
+            assert site.device("bat-1").applied == []               # never journaled: never executed
+            monkeypatch.undo()
+        assert site.state == "stopped"
