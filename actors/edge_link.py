@@ -80,8 +80,8 @@ from .edge_socket import Backoff, EdgeConnection
 from .edge_timers import Cancellable, LoopTime, edge_time
 from .handlers import HandlerTable, Request, handles
 from .messages import (EdgeConnected, EdgeDisconnected, EdgeFrame, EdgeReply, EdgeSiteEvent, EdgeTimer,
-                       GetAssetRef, GetAssetState, GetCommand, GetControllers, GetEdgeState, SetController,
-                       SetParameter, SubmitCommands, Subscribe, Unsubscribe)
+                       GetAssetRef, GetAssetState, GetCommand, GetControllers, GetEdgeState, Ping, Pong,
+                       SetController, SetParameter, SubmitCommands, Subscribe, Unsubscribe)
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
                  journal_dir: str | Path | None = None, fsync: str = "batch",
                  on_failure: Callable[[str], None] | None = None) -> None:
         super().__init__()
+        self._handled = 0
         self._on_failure = on_failure
         self._options = options
         self._specs = dict(specs)
@@ -292,7 +293,10 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
 
     # ---- every message -------------------------------------------------------------------------
     def receive(self, message: Any) -> Any:
-        """Handle one message, then make what it journaled durable and send what it queued (in that order)."""
+        """Handle one message, then make what it journaled durable and send what it queued (in that order).
+        Pings do not count as handled: they measure the actor's quiescence (:meth:`Site.settle`)."""
+        if type(message) is not Ping:
+            self._handled += 1
         try:
             return self.handle(message)
         finally:
@@ -334,6 +338,10 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
         then = self._replies.pop(message.token, None)
         if then is not None:
             then(message.result, message.error)
+
+    @handles(Ping)
+    def _ping(self, message: Ping) -> Pong:
+        return Pong(self._handled, {"queued": len(self._queue)})
 
     @handles(GetEdgeState)
     def _get_state(self, message: GetEdgeState) -> dict[str, Any]:

@@ -654,8 +654,8 @@ class Site:
         return False
 
     def _activity(self, timeout: float) -> float | None:
-        """Sum of the messages every runtime actor has handled, or NaN while something is visibly
-        unfinished (an asset actor died and the supervisor has not handled it yet); None on timeout."""
+        """Sum of the messages every runtime actor (the cloud link too) has handled, or NaN while something is
+        visibly unfinished (an asset actor died and the supervisor has not handled it yet); None on timeout."""
         core = [self._refs.get(n) for n in ("dispatcher", "supervisor", "events")]
         if any(r is None for r in core):
             return None
@@ -674,6 +674,12 @@ class Site:
                     total += f.get(timeout=timeout).handled
                 except pykka.ActorDeadError:
                     busy = True
+            edge = self._edge
+            if edge is not None:  # the cloud link (dead: the site has failed, and says so)
+                try:
+                    total += edge.ask(Ping(), timeout=timeout).handled
+                except pykka.ActorDeadError:
+                    pass
             if self._io is not None:
                 self._io.barrier(timeout)
         except (pykka.Timeout, TimeoutError):

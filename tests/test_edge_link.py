@@ -238,6 +238,22 @@ def test_the_seeds_command_is_executed_on_the_device_and_acked_delivered_accepte
         assert ack.seq == 1 and ack.executed_at is not None and ack.error is None
 
 
+def test_settle_waits_for_the_cloud_link_too(tmp_path):
+    """The second command for a device waits at the edge until the first is final; once both are delivered,
+    settle() returns only after the edge has handed the second one on and the site has run it (the
+    in-memory battery answers at once)."""
+    with FakeRouter() as router, make_site(router, tmp_path) as site:
+        router.wait_session(1)
+        for n in range(10):
+            first, second = f"p{n}", f"q{n}"
+            router.send(command(first, value=1_000 * (n + 1)))
+            router.send(command(second, channel="SetSocTarget", value=50 + n, unit="%"))
+            wait_until(lambda: "delivered" in router.statuses(second), what=f"{second} delivered")
+            assert site.settle()
+            done = site.command(f"cloud:{second}")
+            assert done is not None and done.status is S.COMPLETED, f"{second}: settle() returned early ({done})"
+
+
 # ---- validation ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, code", [
