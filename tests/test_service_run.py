@@ -119,6 +119,11 @@ def test_run_simulate_serves_commands_and_stops_cleanly_on_sigterm(tmp_path):
     assert "stopping (signal 15)" in site.log()
 
 
+def statuses(site: SiteProcess) -> dict[str, str]:
+    """The status of each command of the test's schedule (plan-1-0 .. plan-1-5), from the site's HTTP API."""
+    return {f"plan-1-{i}": site.get(f"/api/v1/commands/plan-1-{i}")["status"] for i in range(6)}
+
+
 def _site_file(tmp_path: Path, ocpp_port: int, battery_port: int) -> Path:
     path = tmp_path / "site.toml"
     path.write_text(f"""
@@ -155,25 +160,34 @@ def test_after_kill_9_a_restart_completes_every_accepted_command_and_reapplies_n
     fleet_future = io.submit(run_fleet(f"ws://127.0.0.1:{ocpp_port}", 1, "1.6", "CP", stop=stop, retry=True,
                                        retry_base=0.05, retry_cap=0.5, meter_interval=0, auto_reconnect=True))
     path = _site_file(tmp_path, ocpp_port, battery.port)
-    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
-    rows = [start + timedelta(seconds=6 * i) for i in range(3)]
-    schedule = {"batch_id": "plan-1", "index": [t.isoformat() for t in rows],
-                "columns": {"ev_1_kw": [7.0, 8.0, 9.0], "battery_charge_kw": [10.0, 20.0, 30.0]},
-                "asset_map": {"ev_1": "ev-1", "battery": "bat-1"}}
     first = SiteProcess(path)
     second: SiteProcess | None = None
     try:
         first.wait_ready()
         wait_until(lambda: all(a["link"] == "up" for a in first.get("/api/v1/assets")["assets"]), 30, "devices up")
+        # Row 0 is due at once; a row expires when the next one starts, so the restarted site has 20 s to
+        # start and send row 1 (times taken now, not before the first site had started: on a busy machine
+        # its start alone took longer than the first row's margin and rows 0 and 1 expired unsent).
+        start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
+        rows = [start + timedelta(seconds=20 * i) for i in range(3)]
+        schedule = {"batch_id": "plan-1", "index": [t.isoformat() for t in rows],
+                    "columns": {"ev_1_kw": [7.0, 8.0, 9.0], "battery_charge_kw": [10.0, 20.0, 30.0]},
+                    "asset_map": {"ev_1": "ev-1", "battery": "bat-1"}}
         assert first.post("/api/v1/schedules", schedule)["commands"] == 6
-        wait_until(lambda: all(first.get(f"/api/v1/commands/plan-1-{i}")["status"] == "COMPLETED" for i in (0, 1)),
-                   30, "the first row COMPLETED on both assets")
+        try:
+            wait_until(lambda: all(first.get(f"/api/v1/commands/plan-1-{i}")["status"] == "COMPLETED"
+                                   for i in (0, 1)), 30, "the first row COMPLETED on both assets")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {statuses(first)}\n{first.log()[-4000:]}") from None
         first.proc.kill()                                 # kill -9: no shutdown of any kind
         first.proc.wait(timeout=10)
         second = SiteProcess(path)
         second.wait_ready()
-        wait_until(lambda: all(second.get(f"/api/v1/commands/plan-1-{i}")["status"] == "COMPLETED"
-                               for i in range(6)), 60, "every row COMPLETED after the restart")
+        try:
+            wait_until(lambda: set(statuses(second).values()) == {"COMPLETED"}, 60,
+                       "every row COMPLETED after the restart")
+        except AssertionError as exc:   # say where each command is, and what the restarted site logged
+            raise AssertionError(f"{exc}: {statuses(second)}\n{second.log()[-4000:]}") from None
         assert second.post("/api/v1/schedules", schedule)["commands"] == 6   # a retried submission: a no-op
     finally:
         for p in (first, second):
