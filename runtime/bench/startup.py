@@ -1,4 +1,5 @@
-"""``coordinator bench --only startup``: start-up time, stop time and RSS of a site with many asset actors."""
+"""``coordinator bench --only startup``: start-up time, stop time and RSS of a site with many asset actors,
+next to bare pykka starting as many empty actors in the same run (:func:`bench_bare_startup`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import threading
 import time
 from typing import Any
 
+import pykka
+
 from runtime.core.assets import ChargerSpec
 from runtime.core.clock import VirtualClock
 from runtime.site import Site
 
-__all__ = ["bench_startup"]
+__all__ = ["bench_startup", "bench_bare_startup"]
 
 
 def _rss_mb() -> float:
@@ -38,3 +41,24 @@ def bench_startup(n_assets: int = 2000) -> dict[str, Any]:
     stopped = time.perf_counter() - t1
     return {"assets": n_assets, "start_s": round(started, 3), "stop_s": round(stopped, 3),
             "rss_mb": round(rss, 1), "rss_growth_mb": round(rss - rss0, 1), "threads": threads}
+
+
+class _Empty(pykka.ThreadingActor):
+    def on_receive(self, message: Any) -> None:
+        return None
+
+
+def bench_bare_startup(n_actors: int = 2000) -> dict[str, Any]:
+    """Bare pykka: start ``n_actors`` empty actors (``start()`` returns once each actor's thread runs),
+    then stop them all: the reference for the site's start-up, measured in the same run."""
+    gc.collect()
+    t0 = time.perf_counter()
+    refs = [_Empty.start() for _ in range(n_actors)]
+    started = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for ref in refs:
+        ref.stop(block=False)
+    for ref in refs:
+        ref.actor_stopped.wait(30)
+    stopped = time.perf_counter() - t1
+    return {"actors": n_actors, "start_s": round(started, 3), "stop_s": round(stopped, 3)}
