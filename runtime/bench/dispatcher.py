@@ -85,6 +85,8 @@ def bench_dispatcher(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
         events.actor_inbox = _Inbox()  # type: ignore[assignment]  # every Publish is the end of its burst
         delivered = _Collect()
         events._subs[1] = (None if subscribe_all else EventType.COMMAND_COMPLETED, delivered)  # type: ignore
+        if hasattr(events, "_follow_subscriptions"):
+            events._follow_subscriptions()
         inline = _Inline(events)
         dispatcher = DispatcherActor(table, clock=clock, events=inline, journal=cmd_log,  # type: ignore[arg-type]
                                      policy=DispatchPolicy(specs, None, {}), expected_assets=tuple(specs))

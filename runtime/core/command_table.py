@@ -412,6 +412,15 @@ class CommandTable:
         ready.sort(key=lambda e: (-e.command.priority, e.sched, e.seq))
         return [e.command for e in ready]
 
+    def idle_at(self, now: float) -> bool:
+        """True when :meth:`sweep` at ``now`` would change nothing and :meth:`due` would return nothing:
+        no command is PENDING and no deadline is at or before ``now``. O(1) amortized: a caller may skip
+        its sweep then."""
+        if self._pending:
+            return False
+        deadline = self.next_deadline()
+        return deadline is None or deadline > now
+
     def next_deadline(self) -> float | None:
         """Earliest time (epoch seconds) at which :meth:`sweep` or :meth:`due` would change something.
 
@@ -453,6 +462,19 @@ class CommandTable:
             return []
         e.acked_at = now
         return [self._apply(e, _S.ACKNOWLEDGED, EventType.COMMAND_ACKNOWLEDGED, now)]
+
+    def acknowledge_and_complete(self, command_id: str, now: float) -> list[Change]:
+        """What :meth:`acknowledge` then :meth:`complete` do, in one call (a device that answered and
+        finished at once): DISPATCHED -> ACKNOWLEDGED -> COMPLETED gives both changes, without arming the
+        completion deadline in between; ACKNOWLEDGED -> COMPLETED; ignored ([]) unless in flight."""
+        e = self._entry(command_id, now)
+        if e is None or e.command.status not in _IN_FLIGHT:
+            return []
+        if e.command.status is _S.ACKNOWLEDGED:
+            return [self._apply(e, _S.COMPLETED, EventType.COMMAND_COMPLETED, now)]
+        e.acked_at = now
+        acked = self._apply(e, _S.ACKNOWLEDGED, EventType.COMMAND_ACKNOWLEDGED, now, arm=False)
+        return [acked, self._apply(e, _S.COMPLETED, EventType.COMMAND_COMPLETED, now)]
 
     def complete(self, command_id: str, now: float) -> list[Change]:
         """DISPATCHED/ACKNOWLEDGED -> COMPLETED. Ignored ([]) unless in flight (a late answer)."""
@@ -756,9 +778,10 @@ class CommandTable:
         self._arm(e, now)
         return e
 
-    def _apply(self, e: _Entry, status: CommandStatus, event: EventType | None, now: float,
+    def _apply(self, e: _Entry, status: CommandStatus, event: EventType | None, now: float, arm: bool = True,
                **fields: object) -> Change:
-        """Move ``e`` to ``status`` (lifecycle-checked), update the indexes, arm the new deadlines."""
+        """Move ``e`` to ``status`` (lifecycle-checked), update the indexes, arm the new deadlines (unless
+        ``arm`` is False: the caller moves it on at once)."""
         old = e.command
         new = old.evolve(status, **fields)
         cid = new.command_id
@@ -777,7 +800,7 @@ class CommandTable:
                 del self._by_asset[new.asset_id]
             e.finished_at = now
             heapq.heappush(self._finished, (now, next(self._tick), cid))
-        else:
+        elif arm:
             self._arm(e, now)
         retry_at = e.retry_at if status in _WAITING and old.status in _IN_FLIGHT else None
         return Change(new, old.status, event, retry_at)
