@@ -9,7 +9,9 @@ A link that can answer without I/O (:meth:`~protocols.base.DeviceLink.execute_no
 device) is asked at once, in the actor's thread, when none of the asset's coroutines is on the loop: what
 it reports through its sink meanwhile is handled first, then its answers, exactly as the loop's
 ``DeviceReport`` and ``DeviceDone`` messages would have been, without the round trip. The events one
-message makes are published together, in one ``Publish``, before anything the actor tells the dispatcher.
+message makes are published together: with the ``CommandReports`` they led to (the dispatcher publishes
+them with its commit, before the reports' lifecycle events), else in one ``Publish`` of their own, before
+anything else the actor tells the dispatcher.
 
 Rules it applies before anything reaches the device:
 
@@ -466,11 +468,18 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
 
     # ---- outbound ------------------------------------------------------------------------------
     def _report(self, reports: list[CommandReport]) -> None:
-        self._flush_events()  # the events that led here go out first
+        events: tuple[Event, ...] = ()
+        if self._events_out:  # the events that led here travel with the reports (see CommandReports)
+            events, self._events_out = tuple(self._events_out), []
         try:
-            self._dispatcher.tell(CommandReports(self.spec.asset_id, tuple(reports)))
+            self._dispatcher.tell(CommandReports(self.spec.asset_id, tuple(reports), events))
         except pykka.ActorDeadError:
             log.warning("%s: dispatcher is gone; %d reports dropped", self.spec.asset_id, len(reports))
+            if events:
+                try:
+                    self._events.tell(Publish(events))
+                except pykka.ActorDeadError:
+                    pass
 
     def _publish(self, event_type: EventType, payload: dict[str, Any]) -> None:
         event = Event(event_type, self._clock.now(), payload)

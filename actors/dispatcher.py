@@ -202,6 +202,8 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     @handles(CommandReports)
     def _command_reports(self, message: CommandReports) -> None:
         mark = len(self._changes)
+        if message.events:  # what the asset published meanwhile: out with this burst's commit, first
+            self._events_after_commit += message.events
         reports, asset, now = message.reports, message.asset_id, self._now
         i, n = 0, len(reports)
         while i < n:

@@ -100,8 +100,12 @@ class CommandReport:
 
 @dataclass(frozen=True, slots=True)
 class CommandReports:
+    """What became of commands at the asset; ``events``: what the asset published while handling them
+    (telemetry, state changes), which the dispatcher publishes with its next commit, before the
+    reports' own lifecycle events: they travel together instead of as a Publish of their own."""
     asset_id: str
     reports: tuple[CommandReport, ...]
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,6 +203,9 @@ class CommandTable:
         self._heads: dict[tuple[str, CommandType], str] = {}     # setpoint channel -> its due command
         self._unavailable: set[str] = set()
         self._heap: list[tuple[float, int, int, str, int]] = []
+        #: (id, birth) of entries inserted already due: the next sweep takes them (a _DUE deadline that
+        #: skips the heap; the same validity rule applies)
+        self._due_now: list[tuple[str, int]] = []
         self._finished: list[tuple[float, int, str]] = []
         self._compact_at = 1024                                  # heap size that triggers _compact
         self._tick = itertools.count()
@@ -241,11 +244,14 @@ class CommandTable:
                 raise ValueError(f"command {cmd.command_id}: only PENDING commands can be added, "
                                  f"got {cmd.status.value}")
         changes = []
+        created: object = None
         for cmd in given:
             if self._known(cmd.command_id):
                 continue
             if cmd.created_at is None:
-                cmd = cmd.evolve(created_at=to_datetime(now))
+                if created is None:
+                    created = to_datetime(now)
+                cmd = cmd.evolve(created_at=created)
             e = self._insert(cmd, self._take_seq(), None, now)
             changes.append(Change(e.command, None, EventType.COMMAND_CREATED))
         return changes
@@ -364,6 +370,16 @@ class CommandTable:
         expiries: list[_Entry] = []
         timeouts: list[tuple[_Entry, int]] = []
         heap = self._heap
+        if self._due_now:
+            due_now, self._due_now = self._due_now, []
+            for key, ver in due_now:
+                if self._valid(_DUE, key, ver):
+                    e = self._cmds[key]
+                    if e.sched <= now:
+                        e.due_seen = True
+                        newly_due.append(e)
+                    else:  # the clock went back since it was inserted: wait for its time
+                        self._push(e.sched, _DUE, key, ver)
         while heap and heap[0][0] <= now:
             _, _, kind, key, ver = heapq.heappop(heap)
             if not self._valid(kind, key, ver):
@@ -432,7 +448,13 @@ class CommandTable:
         heap = self._heap
         while heap and not self._valid(heap[0][2], heap[0][3], heap[0][4]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        deadline = heap[0][0] if heap else None
+        if self._due_now:
+            self._due_now = [(k, v) for k, v in self._due_now if self._valid(_DUE, k, v)]
+            if self._due_now:
+                due = min(self._cmds[k].sched for k, _ in self._due_now)
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     # ------------------------------------------------------------------ command answers
 
@@ -774,7 +796,10 @@ class CommandTable:
         if cmd.status is _S.PENDING:
             self._pending[cmd.command_id] = e
         if not due:
-            self._push(e.sched, _DUE, cmd.command_id, e.birth)
+            if e.sched <= now:
+                self._due_now.append((cmd.command_id, e.birth))
+            else:
+                self._push(e.sched, _DUE, cmd.command_id, e.birth)
         self._arm(e, now)
         return e
 
