@@ -8,7 +8,8 @@ Parts (``--only NAME`` to run one), one module each:
                  on one thread, journal on, with a no-op asset side.
 * ``throughput`` (:mod:`.throughput`) commands/s through dispatcher -> asset actor -> in-memory device ->
                  ack -> COMPLETED, journal on, for steps of 1 and of 4 setpoints per battery, beside
-                 the bare-pykka ceiling measured in the same run.
+                 the bare-pykka ceiling measured in the same run; with the interpreter as an embedded
+                 Site finds it, then with the site process's settings (``coordinator run``).
 * ``latency``    (:mod:`.latency`) one command at a time on an idle site with in-memory devices: p50/p99.
 * ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors,
                  beside bare pykka starting 2,000 empty actors in the same run.
@@ -26,8 +27,9 @@ runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imp
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 from .report import print_figures
 
@@ -36,6 +38,25 @@ __all__ = ["run_bench", "TARGETS"]
 TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "dispatcher_us": 20.0,
            "throughput_per_s": {1: 10_000.0, 4: 25_000.0}, "latency_p99_ms": 1.0,
            "startup_s": 5.0, "startup_vs_bare": 2.0, "startup_rss_mb": 600.0}
+
+
+@contextlib.contextmanager
+def _interpreter(tuned: bool) -> Iterator[str]:
+    """As an embedded Site runs (the interpreter as it is), or with the site process's settings
+    (:func:`runtime.service.process.tune_interpreter`), restored afterwards."""
+    if not tuned:
+        yield f"default (switch interval {sys.getswitchinterval():g} s)"
+        return
+    import gc
+
+    from runtime.service.process import tune_interpreter
+    before = sys.getswitchinterval()
+    done = tune_interpreter()
+    try:
+        yield f"site process (switch interval {done['switch_interval_s']:g} s, gc.freeze)"
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
 
 
 def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -61,15 +82,19 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
 
     def throughput() -> None:
         from .throughput import bench_pykka_ceiling, bench_throughput
-        r = bench_pykka_ceiling(n_actors=n(200, 1000))
-        print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor design "
-                                           "with one thread per asset gets here", True)])
-        for channels in (1, 4):
-            r = bench_throughput(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
-            target = TARGETS["throughput_per_s"][channels]
-            print_figures(out, "throughput", r, [
-                (f">= {target:g} commands/s", r["commands_per_s"] >= target),
-                ("every command COMPLETED", r["all_completed"])])
+        for tuned in (False, True):
+            with _interpreter(tuned) as setting:
+                r = bench_pykka_ceiling(n_actors=n(200, 1000))
+                r["interpreter"] = setting
+                print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor "
+                                                   "design with one thread per asset gets here", True)])
+                for channels in (1, 4):
+                    r = bench_throughput(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
+                    r["interpreter"] = setting
+                    target = TARGETS["throughput_per_s"][channels]
+                    print_figures(out, "throughput", r, [
+                        (f">= {target:g} commands/s", r["commands_per_s"] >= target),
+                        ("every command COMPLETED", r["all_completed"])])
 
     def latency() -> None:
         from .latency import bench_single_command

@@ -56,7 +56,7 @@ __all__ = ["SiteProcess", "Component", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFI
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 #: The GIL switch interval of the site process (CPython's default is 0.005 s); see the module docstring.
-SWITCH_INTERVAL_S = 0.02
+SWITCH_INTERVAL_S = 0.01
 
 
 def tune_interpreter(switch_interval_s: float | None = SWITCH_INTERVAL_S, freeze: bool = True) -> dict[str, Any]:
