@@ -737,6 +737,8 @@ class CommandTable:
 
     def _row(self, command_id: str) -> tuple[_BatchState | None, int] | None:
         """(batch state, row) when ``command_id`` is a row of a stored batch; state None when retired."""
+        if not self._batches and not self._retired:  # no schedule: no id is a row (the common API case)
+            return None
         prefix, sep, tail = command_id.rpartition("-")
         if not sep or not (tail.isascii() and tail.isdigit()) or tail != str(int(tail)):
             return None

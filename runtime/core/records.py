@@ -183,6 +183,8 @@ class RecordEncoder:
 
     def is_row(self, command_id: str) -> bool:
         """True when ``command_id`` is a row of a batch this encoder knows."""
+        if not self._batches:
+            return False
         prefix, sep, tail = command_id.rpartition("-")
         if not sep or not tail.isdigit():
             return False
