@@ -161,33 +161,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                 me.tell(LinkStarted(None if error is None else f"{type(error).__name__}: {error}"))
             except pykka.ActorDeadError:
                 pass
-        if self._start_now(ctx, sink):
-            return
         self._io.post(self.link.start(ctx, sink), started)
-
-    def _start_now(self, ctx: DeviceContext, sink: Callable[[DeviceEvent], None]) -> bool:
-        """A link that starts without I/O (:meth:`DeviceLink.start_now`) starts here, in this thread: what it
-        reported meanwhile is handled, then its start's end, as the loop's messages would be."""
-        captured: list[DeviceEvent] = []
-        error: str | None = None
-        self._local.captured = captured
-        try:
-            done = self.link.start_now(ctx, sink)
-        except Exception as exc:
-            done, error = True, f"{type(exc).__name__}: {exc}"
-        finally:
-            self._local.captured = None
-        if not done:
-            return False
-        self._events_out = []
-        try:
-            for event in captured:
-                self._on_device_report(DeviceReport(event))
-            self._link_started(LinkStarted(error))
-        finally:
-            self._flush_events()
-            self._events_out = None
-        return True
 
     def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
         self._release_link(block=False)

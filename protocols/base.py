@@ -123,13 +123,6 @@ class DeviceLink(ABC):
         """Apply one command. Must return (not raise) for every device answer, and must bound its own
         waiting with a timeout. Setpoints are absolute: executing the same command twice is harmless."""
 
-    def start_now(self, ctx: DeviceContext, sink: DeviceSink) -> bool:
-        """What :meth:`start` does, at once in the caller's thread (the asset actor's), if this link can
-        without I/O or waiting: True when it did; False (the default) to have :meth:`start` run on the
-        I/O loop instead. What it reports through ``sink`` meanwhile is handled as if it had come from the
-        loop, before the start's end. A link that implements it must never block in it."""
-        return False
-
     def execute_now(self, command: "Command") -> DeviceResult | None:
         """Apply one command at once in the caller's thread (the asset actor's), if this link can without
         I/O or waiting; return None to have it go through :meth:`execute` on the I/O loop instead (the

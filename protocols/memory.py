@@ -66,22 +66,10 @@ class InMemoryDevice(DeviceLink):
         self.applied: list[AppliedCommand] = []
         self.setpoints: dict[str, float] = {}
         self.starts = 0
-        # a subclass that overrides execute() or start() gets its own, on the loop (no fast path)
         self._own_execute = type(self).execute is not InMemoryDevice.execute
-        self._own_start = type(self).start is not InMemoryDevice.start
 
     # ---- DeviceLink ---------------------------------------------------------------------------
     async def start(self, ctx: DeviceContext, sink: DeviceSink) -> None:
-        self._start(ctx, sink)
-
-    def start_now(self, ctx: DeviceContext, sink: DeviceSink) -> bool:
-        """The same as :meth:`start`, at once (False for a subclass that overrides :meth:`start`)."""
-        if self._own_start:
-            return False
-        self._start(ctx, sink)
-        return True
-
-    def _start(self, ctx: DeviceContext, sink: DeviceSink) -> None:
         with self._lock:
             self._sink, self._loop = sink, ctx.loop
             self.starts += 1
