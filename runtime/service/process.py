@@ -15,8 +15,9 @@ Shutdown on a signal, bounded by ``[shutdown] timeout_s`` (default 10 s):
 4. exit 0.
 
 Interpreter settings (:func:`tune_interpreter`, on by default here, never in an embedded
-:class:`~runtime.site.Site`, whose host application owns its interpreter): once the site has started,
-the objects that live for the whole run (actors, specs, links, recovered commands) are collected once and
+:class:`~runtime.site.Site`, whose host application owns its interpreter): the garbage collector is
+paused while the site starts (it allocates the long-lived objects of every asset at once, and the
+collections then find nothing to free); once the site has started, the objects that live for the whole run (actors, specs, links, recovered commands) are collected once and
 frozen out of the garbage collector (``gc.freeze()``), so later collections do not walk them again; and
 the GIL switch interval is raised from CPython's 5 ms to :data:`SWITCH_INTERVAL_S`, so that the one
 thread per asset hand the GIL over less often under load (a thread that blocks or waits hands it over
@@ -148,6 +149,19 @@ class SiteProcess:
         self.site = Site(asset_specs(config, links), clock=self._clock, grid=grid,
                          priorities={a.id: a.priority for a in config.assets if a.priority}, cloud=config.cloud,
                          **options)
+        paused = self._tune and gc.isenabled()
+        if paused:
+            gc.disable()  # for the start-up only (see the module docstring)
+        try:
+            self._start_site(config, options)
+        finally:
+            if paused:
+                gc.enable()
+        if self._tune:
+            log.info("interpreter tuned for the site process: %s", tune_interpreter())
+
+    def _start_site(self, config: SiteConfig, options: dict[str, Any]) -> None:
+        assert self.site is not None
         self.site.start()
         log.info("site %s running with %d assets (journal %s)", config.site.name, len(config.assets),
                  config.journal.dir)
@@ -160,8 +174,6 @@ class SiteProcess:
             self.site.run_coroutine(component.start()).result(timeout=30)
             self.components.append(component)
             log.info("%s started", component.name)
-        if self._tune:
-            log.info("interpreter tuned for the site process: %s", tune_interpreter())
 
     def run(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> int:
         """Start (if needed) and run until one of ``signals`` (main thread only) or :meth:`request_stop`;
