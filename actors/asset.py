@@ -5,6 +5,14 @@ coroutine on the site's I/O loop (commands of an asset run strictly one after an
 the outcome comes back as a ``DeviceDone`` message. What the device says on its own arrives as
 ``DeviceReport`` messages through the sink the actor gives its link.
 
+A link that can answer without I/O (:meth:`~protocols.base.DeviceLink.execute_now`, the in-memory
+device) is asked at once, in the actor's thread, when none of the asset's coroutines is on the loop: what
+it reports through its sink meanwhile is handled first, then its answers, exactly as the loop's
+``DeviceReport`` and ``DeviceDone`` messages would have been, without the round trip. The events one
+message makes are published together: with the ``CommandReports`` they led to (the dispatcher publishes
+them with its commit, before the reports' lifecycle events), else in one ``Publish`` of their own, before
+anything else the actor tells the dispatcher.
+
 Rules it applies before anything reaches the device:
 
 * a command outside the device limits (``AssetSpec.check``) is REJECTED with the reason, never sent;
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, Callable
 
 import pykka
@@ -120,6 +129,10 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._parameters = dict(parameters or {})
         self._soc: float | None = None   # the last state of charge the device reported (%)
         self._handled = 0
+        #: events of the message being handled, published together (see the module docstring)
+        self._events_out: list[Event] | None = None
+        #: in the actor's thread while the link answers at once: what its sink reports meanwhile
+        self._local = threading.local()
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
         self.sm = factory(spec.asset_id, on_change=self._on_state_change)
         if memory is not None:  # restarted after a crash: carry on from what the predecessor knew
@@ -131,8 +144,13 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
     def on_start(self) -> None:
         ctx = DeviceContext(loop=self._io.loop, clock=self._clock, services=self._services)
         me = self.actor_ref
+        local = self._local
 
         def sink(event: DeviceEvent) -> None:
+            captured = getattr(local, "captured", None)
+            if captured is not None:  # the link is answering at once, in this actor's thread
+                captured.append(event)
+                return
             try:
                 me.tell(DeviceReport(event))
             except pykka.ActorDeadError:
@@ -171,9 +189,15 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
 
     # ---- messages ------------------------------------------------------------------------------
     def receive(self, message: Any) -> Any:
-        if type(message) is not Ping:  # pings do not count: they measure the actor's quiescence
-            self._handled += 1
-        return self.handle(message)
+        if type(message) is Ping:  # pings do not count: they measure the actor's quiescence
+            return self.handle(message)
+        self._handled += 1
+        self._events_out = []
+        try:
+            return self.handle(message)
+        finally:
+            self._flush_events()
+            self._events_out = None
 
     @handles(Ping)
     def _ping(self, message: Ping) -> Pong:
@@ -240,11 +264,15 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             self._run(tuple(send), resend=False)
 
     def _run(self, commands: tuple[Command, ...], resend: bool) -> None:
+        if not resend:
+            self._sent.update((c.command_id, c) for c in commands)
+        if not self._in_flight:  # nothing of this asset on the loop: the link may answer at once, in order
+            commands = self._run_now(commands, resend)
+            if not commands:
+                return
         me = self.actor_ref
         self._next_token += 1
         token = self._next_token
-        if not resend:
-            self._sent.update((c.command_id, c) for c in commands)
 
         def done(results: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
             if error is not None:
@@ -255,6 +283,33 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass
         self._in_flight[token] = self._io.post(_apply(self.link, commands, self._ack_timeout_s, self._lock), done)
+
+    def _run_now(self, commands: tuple[Command, ...], resend: bool) -> tuple[Command, ...]:
+        """Ask the link to answer ``commands`` at once (:meth:`DeviceLink.execute_now`); returns those it
+        could not (from the first one it declined on), which go to the loop. What the link reported
+        meanwhile is handled before the answers, as the loop's messages would be."""
+        results: list[tuple[str, DeviceResult]] = []
+        captured: list[DeviceEvent] = []
+        rest: tuple[Command, ...] = ()
+        self._local.captured = captured
+        try:
+            for i, command in enumerate(commands):
+                try:
+                    result = self.link.execute_now(command)
+                except Exception as exc:  # a link bug must not kill the actor: the command fails, is retried
+                    log.exception("%s.execute_now(%s) raised", self.link.describe(), command.command_id)
+                    result = DeviceResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+                if result is None:
+                    rest = commands[i:]
+                    break
+                results.append((command.command_id, result))
+        finally:
+            self._local.captured = None
+        for event in captured:
+            self._on_device_report(DeviceReport(event))
+        if results:
+            self._device_done(DeviceDone(tuple(results), 0, resend=resend))
+        return rest
 
     def _device_done(self, message: DeviceDone) -> None:
         self._in_flight.pop(message.token, None)
@@ -402,6 +457,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         reported = (healthy, sharing if self._grid_channels else healthy)
         if reported != self._healthy_reported:
             self._healthy_reported = reported
+            self._flush_events()  # the events that led here go out first
             self._dispatcher.tell(AssetHealth(self.spec.asset_id, healthy, self.sm.state.name,
                                               reason if not healthy else ""))
 
@@ -412,13 +468,35 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
 
     # ---- outbound ------------------------------------------------------------------------------
     def _report(self, reports: list[CommandReport]) -> None:
+        events: tuple[Event, ...] = ()
+        if self._events_out:  # the events that led here travel with the reports (see CommandReports)
+            events, self._events_out = tuple(self._events_out), []
         try:
-            self._dispatcher.tell(CommandReports(self.spec.asset_id, tuple(reports)))
+            self._dispatcher.tell(CommandReports(self.spec.asset_id, tuple(reports), events))
         except pykka.ActorDeadError:
             log.warning("%s: dispatcher is gone; %d reports dropped", self.spec.asset_id, len(reports))
+            if events:
+                try:
+                    self._events.tell(Publish(events))
+                except pykka.ActorDeadError:
+                    pass
 
     def _publish(self, event_type: EventType, payload: dict[str, Any]) -> None:
+        event = Event(event_type, self._clock.now(), payload)
+        if self._events_out is not None:
+            self._events_out.append(event)  # published at the end of the message (or before a tell)
+            return
         try:
-            self._events.tell(Publish((Event(event_type, self._clock.now(), payload),)))
+            self._events.tell(Publish((event,)))
+        except pykka.ActorDeadError:
+            pass
+
+    def _flush_events(self) -> None:
+        events = self._events_out
+        if not events:
+            return
+        self._events_out = []
+        try:
+            self._events.tell(Publish(tuple(events)))
         except pykka.ActorDeadError:
             pass

@@ -39,6 +39,7 @@ from runtime.core.commands import Command, CommandStatus, CommandType
 from runtime.core.events import Event, EventType
 from runtime.core.policy import DispatchPolicy
 
+from .event_actor import change_event
 from .handlers import HandlerTable, handles
 from .messages import (AssetDown, AssetHealth, AssetRebooted, AssetUp, CommandReports, Execute, GetCommand,
                        GetControllers, GetCounts, ListCommands, Ping, Pong, Publish, SetController, SubmitBatch,
@@ -59,27 +60,6 @@ _SUBMISSIONS = frozenset({SubmitCommands, SubmitBatch})
 #: A burst is committed after at most this many steps, or this many seconds of real time (see the module docstring).
 MAX_BURST_STEPS = 256
 MAX_BURST_S = 0.05
-
-
-def change_event(change: Change, now: Any) -> Event | None:
-    """The lifecycle event for one table change. A HELD command released to PENDING is
-    COMMAND_RELEASED; other silent changes (in-flight commands re-queued by a journal restore) have none."""
-    c = change.command
-    event_type = change.event
-    previous = change.previous
-    if event_type is None:
-        if change.previous is not CommandStatus.HELD or c.status is not CommandStatus.PENDING:
-            return None
-        event_type = EventType.COMMAND_RELEASED
-    payload = {"command_id": c.command_id, "asset_id": c.asset_id, "command_type": _VALUE[c.command_type],
-               "value": c.value, "status": _VALUE[c.status],
-               "previous_status": _VALUE[previous] if previous is not None else None,
-               "attempts": c.attempts, "error": c.last_error, "scheduled_time": c.scheduled_time.timestamp()}
-    if change.retry_at is not None:
-        payload["retry_at"] = change.retry_at
-    if c.granted is not None:
-        payload["granted"] = c.granted
-    return Event(event_type, now, payload)
 
 
 class DispatcherActor(HandlerTable, pykka.ThreadingActor):
@@ -140,8 +120,8 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         if self._follow_in_flight() or grid is not None:
             self._pump_after = True  # an asset's Execute was answered (its next commands may go), or the
             #                          grid may have room or a moved share: review again
-        if self._pump_after:
-            self._pump(self._now)
+        if self._pump_after and (grid is not None or not self._table.idle_at(self._now)):
+            self._pump(self._now)   # (the grid may regrant with nothing due)
         if kind in _SUBMISSIONS:
             self._flush()  # accepted means journaled: the caller's ask returns after the sync
         else:
@@ -222,8 +202,20 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     @handles(CommandReports)
     def _command_reports(self, message: CommandReports) -> None:
         mark = len(self._changes)
-        for report in message.reports:
-            self._changes += self._apply_report(message.asset_id, report, self._now)
+        if message.events:  # what the asset published meanwhile: out with this burst's commit, first
+            self._events_after_commit += message.events
+        reports, asset, now = message.reports, message.asset_id, self._now
+        i, n = 0, len(reports)
+        while i < n:
+            report = reports[i]
+            after = reports[i + 1] if i + 1 < n else None
+            if (after is not None and report.status is CommandStatus.ACKNOWLEDGED
+                    and after.status is CommandStatus.COMPLETED and after.command_id == report.command_id):
+                self._changes += self._apply_report(asset, report, now, completed=True)  # both at once
+                i += 2
+                continue
+            self._changes += self._apply_report(asset, report, now)
+            i += 1
         # answers make nothing due now, unless one put a command back to PENDING (a retry)
         self._pump_after = any(ch.command.status is CommandStatus.PENDING for ch in self._changes[mark:])
 
@@ -234,7 +226,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             self._policy.grid.set_sharing(message.asset_id, message.healthy, message.state)
         self._reported.add(message.asset_id)
         self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
-        self._check_ready()
+        self._check_ready(message.asset_id)
 
     @handles(AssetUp)
     def _asset_up(self, message: AssetUp) -> None:
@@ -242,7 +234,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         # a fresh actor gets nothing until it has reported its health (once its link started); that
         # report may arrive before or after this message
         self._changes += self._table.set_available(message.asset_id, self._available(message.asset_id), self._now)
-        self._check_ready()
+        self._check_ready(message.asset_id)
 
     @handles(AssetDown)
     def _asset_down(self, message: AssetDown) -> None:
@@ -265,11 +257,13 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _tick(self, message: Tick) -> None:
         """A clock timer fired: the pump after every step does the work."""
 
-    def _check_ready(self) -> None:
-        """Set ``ready`` once every expected asset has an actor and has reported its health."""
+    def _check_ready(self, asset_id: str) -> None:
+        """Set ``ready`` once every expected asset has an actor and has reported its health (``asset_id``:
+        the asset whose message this is, the only one that may have become ready)."""
         if self._ready is None or not self._waiting_for:
             return
-        self._waiting_for = {a for a in self._waiting_for if not (a in self._refs and a in self._reported)}
+        if asset_id in self._refs and asset_id in self._reported:
+            self._waiting_for.discard(asset_id)
         if not self._waiting_for:
             self._ready.set(None)
 
@@ -308,7 +302,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _available(self, asset_id: str) -> bool:
         return asset_id in self._refs and self._healthy.get(asset_id, False)
 
-    def _apply_report(self, asset_id: str, report: Any, now: float) -> list[Change]:
+    def _apply_report(self, asset_id: str, report: Any, now: float, completed: bool = False) -> list[Change]:
+        """The table changes for one report (``completed``: an ACKNOWLEDGED report followed by the
+        COMPLETED report of the same command, applied together)."""
         t, cid = self._table, report.command_id
         command = t.get(cid)
         if command is None or command.asset_id != asset_id:
@@ -316,6 +312,8 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
                         "unknown" if command is None else f"{command.asset_id}'s", cid)
             return []
         s = report.status
+        if completed:
+            return t.acknowledge_and_complete(cid, now)
         if s is CommandStatus.ACKNOWLEDGED:
             return t.acknowledge(cid, now)
         if s is CommandStatus.COMPLETED:
@@ -348,10 +346,12 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             if grid is not None:
                 due = grid.order(due)
             self._follow_in_flight()
-            busy = {a for a, ids in self._in_flight.items() if ids}   # their Execute is still unanswered
+            in_flight = self._in_flight
+            sending: set[str] = set()   # assets given commands in this round: all of them go in one Execute
             for command in due:
-                if command.asset_id in busy:
-                    continue
+                asset = command.asset_id
+                if asset not in sending and in_flight.get(asset):
+                    continue   # its Execute is still unanswered
                 if command.source == "schedule" and not self._controllers["schedule"]:
                     continue
                 reason = policy.refusal(command) if policy is not None else None
@@ -374,8 +374,9 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
                             "granted_kw": granted, "limit_kw": review.limit_kw, "policy": grid.limit.policy}))
                 change = table.mark_dispatched(command.command_id, now, granted=granted)
                 changes.append(change)
-                self._outbox.setdefault(command.asset_id, []).append(change.command)
-                self._in_flight.setdefault(command.asset_id, set()).add(command.command_id)
+                sending.add(asset)
+                self._outbox.setdefault(asset, []).append(change.command)
+                in_flight.setdefault(asset, set()).add(command.command_id)
             if grid is None:
                 break
             self._observe_grid(grid)
@@ -438,16 +439,10 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         if self._journal is not None and (changes or records):
             self._journal.commit(records, changes)  # one write + sync (runtime.core.command_log.CommandLog)
         events, self._events_after_commit = self._events_after_commit, []
-        if changes:
-            ts = self._clock.now()
-            events += [e for e in (change_event(ch, ts) for ch in changes) if e is not None]
-        self._publish(events)
-
-    def _publish(self, events: list[Event]) -> None:
-        if not events:
+        if not events and not changes:
             return
-        try:
-            self._events.tell(Publish(tuple(events)))
+        try:  # the event actor makes the changes' events, for the types someone takes
+            self._events.tell(Publish(tuple(events), tuple(changes), self._clock.now() if changes else None))
         except pykka.ActorDeadError:
             pass
 

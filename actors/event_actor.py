@@ -8,6 +8,12 @@ A burst of ``Publish`` messages is handled as one: when the inbox is empty, the 
 in one write and each subscriber gets one ``Deliver``. The event journal holds every event except
 command transitions (COMMAND_*): each of those is already in the command journal as the command's
 snapshot, written by the dispatcher before the event was published.
+
+The dispatcher publishes its command table changes as they are (``Publish.changes``), not as events:
+this actor builds the lifecycle event of a change (:func:`change_event`) only when a subscriber takes
+that type, so a site where nobody listens to COMMAND_DISPATCHED never makes one. It knows its
+subscribers exactly when it handles each message, so a subscriber still gets every event published after
+its ``Subscribe`` was answered.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any, Callable
 
 import pykka
 
+from runtime.core.command_table import Change
+from runtime.core.commands import CommandStatus, CommandType
 from runtime.core.events import COMMAND_EVENTS, Event, EventType
 
 from .handlers import HandlerTable, handles
@@ -24,7 +32,39 @@ from .messages import Deliver, Ping, Pong, Publish, Subscribe, Unsubscribe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EventActor", "SubscriberActor"]
+__all__ = ["EventActor", "SubscriberActor", "change_event", "change_event_type"]
+
+#: Enum member -> its value (the ``.value`` property is slow on CPython 3.11's hot path)
+_VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m in e}
+_HELD, _PENDING = CommandStatus.HELD, CommandStatus.PENDING
+
+
+def change_event_type(change: Change) -> EventType | None:
+    """The type of the lifecycle event of one table change: ``change.event``, COMMAND_RELEASED for a HELD
+    command released to PENDING, None for the other silent changes (in-flight commands re-queued by a
+    journal restore)."""
+    event_type = change.event
+    if event_type is None and change.previous is _HELD and change.command.status is _PENDING:
+        return EventType.COMMAND_RELEASED
+    return event_type
+
+
+def change_event(change: Change, now: Any) -> Event | None:
+    """The lifecycle event for one table change (None when it has none: see :func:`change_event_type`)."""
+    event_type = change_event_type(change)
+    if event_type is None:
+        return None
+    c = change.command
+    previous = change.previous
+    payload = {"command_id": c.command_id, "asset_id": c.asset_id, "command_type": _VALUE[c.command_type],
+               "value": c.value, "status": _VALUE[c.status],
+               "previous_status": _VALUE[previous] if previous is not None else None,
+               "attempts": c.attempts, "error": c.last_error, "scheduled_time": c.scheduled_time.timestamp()}
+    if change.retry_at is not None:
+        payload["retry_at"] = change.retry_at
+    if c.granted is not None:
+        payload["granted"] = c.granted
+    return Event(event_type, now, payload)
 
 
 class SubscriberActor(HandlerTable, pykka.ThreadingActor):
@@ -61,10 +101,19 @@ class EventActor(HandlerTable, pykka.ThreadingActor):
         self._handled = 0
         self._pending: list[Event] = []  # published, not yet journaled and delivered (end of burst)
         self.published = 0
+        #: the event types some subscriber takes (None: one takes every type), kept with ``_subs``
+        self._wanted: frozenset[EventType] | None = frozenset()
 
     @handles(Publish)
     def _publish(self, message: Publish) -> None:
         self._pending.extend(message.events)
+        if message.changes:
+            wanted, at = self._wanted, message.at
+            if wanted is None:
+                self._pending.extend(e for e in (change_event(ch, at) for ch in message.changes) if e is not None)
+            elif wanted:
+                self._pending.extend(change_event(ch, at) for ch in message.changes
+                                     if ch.event in wanted or (ch.event is None and change_event_type(ch) in wanted))
         self._handled += 1
         if self.actor_inbox.empty():  # end of a burst: journal once, one Deliver per subscriber
             self._flush()
@@ -75,6 +124,7 @@ class EventActor(HandlerTable, pykka.ThreadingActor):
         sid = self._next_id
         self._next_id += 1
         self._subs[sid] = (message.event_type, SubscriberActor.start(message.fn))
+        self._follow_subscriptions()
         return sid
 
     @handles(Unsubscribe)
@@ -83,7 +133,12 @@ class EventActor(HandlerTable, pykka.ThreadingActor):
         entry = self._subs.pop(message.subscription_id, None)
         if entry is not None:
             entry[1].stop(block=False)
+            self._follow_subscriptions()
         return entry is not None
+
+    def _follow_subscriptions(self) -> None:
+        types = [t for t, _ in self._subs.values()]
+        self._wanted = None if None in types else frozenset(t for t in types if t is not None)
 
     @handles(Ping)
     def _ping(self, message: Ping) -> Pong:

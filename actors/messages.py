@@ -9,6 +9,7 @@ The supervisor tells the dispatcher ``AssetUp``/``AssetDown``; everybody tells t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from runtime.core.commands import Command, CommandStatus
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from protocols.base import DeviceEvent, DeviceResult
     from runtime.core.batch import CommandBatch
+    from runtime.core.command_table import Change
 
 __all__ = [
     "SubmitCommands", "SubmitBatch", "Tick", "Execute", "CommandReport", "CommandReports", "AssetUp",
@@ -98,8 +100,12 @@ class CommandReport:
 
 @dataclass(frozen=True, slots=True)
 class CommandReports:
+    """What became of commands at the asset; ``events``: what the asset published while handling them
+    (telemetry, state changes), which the dispatcher publishes with its next commit, before the
+    reports' own lifecycle events: they travel together instead of as a Publish of their own."""
     asset_id: str
     reports: tuple[CommandReport, ...]
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +216,11 @@ class DeviceReport:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Broadcast these events, in order."""
+    """Broadcast these events, in order; then the lifecycle event of each of ``changes`` (command table
+    changes, stamped ``at``), which the event actor builds only for the types someone subscribed to."""
     events: tuple[Event, ...]
+    changes: "tuple[Change, ...]" = ()
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

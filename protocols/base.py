@@ -105,7 +105,8 @@ class DeviceContext:
 
 
 class DeviceLink(ABC):
-    """One device, as seen by its asset actor. All methods are coroutines run on the I/O loop.
+    """One device, as seen by its asset actor. All methods are coroutines run on the I/O loop, except
+    :meth:`execute_now`, an optional fast path for links that answer without any I/O.
 
     ``required_services`` names the shared services the Site must start for this link
     (``("ocpp",)`` for an OCPP charger: the central system it registers with).
@@ -121,6 +122,13 @@ class DeviceLink(ABC):
     async def execute(self, command: "Command") -> DeviceResult:
         """Apply one command. Must return (not raise) for every device answer, and must bound its own
         waiting with a timeout. Setpoints are absolute: executing the same command twice is harmless."""
+
+    def execute_now(self, command: "Command") -> DeviceResult | None:
+        """Apply one command at once in the caller's thread (the asset actor's), if this link can without
+        I/O or waiting; return None to have it go through :meth:`execute` on the I/O loop instead (the
+        default). What the link reports through its sink meanwhile is handled as if it had come before the
+        answer, as on the loop. A link that implements it must never block in it."""
+        return None
 
     @abstractmethod
     async def stop(self) -> None:

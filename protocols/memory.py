@@ -66,6 +66,7 @@ class InMemoryDevice(DeviceLink):
         self.applied: list[AppliedCommand] = []
         self.setpoints: dict[str, float] = {}
         self.starts = 0
+        self._own_execute = type(self).execute is not InMemoryDevice.execute
 
     # ---- DeviceLink ---------------------------------------------------------------------------
     async def start(self, ctx: DeviceContext, sink: DeviceSink) -> None:
@@ -85,6 +86,22 @@ class InMemoryDevice(DeviceLink):
             with self._lock:
                 self._silence_waiters.append(waiter)
             await waiter  # cancelled by stop(), resolved by set_silent(False)
+        return self._apply(command)
+
+    def execute_now(self, command: "Command") -> DeviceResult | None:
+        """The same as :meth:`execute`, at once; None while silent (then the command waits on the loop), and
+        always None for a subclass that overrides :meth:`execute` (its own execute must run)."""
+        if self._own_execute:
+            return None
+        with self._lock:
+            silent, connected = self._silent, self._connected
+        if not connected:
+            return DeviceResult(Outcome.NOT_CONNECTED, "in-memory device offline")
+        if silent:
+            return None
+        return self._apply(command)
+
+    def _apply(self, command: "Command") -> DeviceResult:
         with self._lock:
             if self._reject is not None:
                 return DeviceResult(Outcome.REJECTED, self._reject)

@@ -4,10 +4,15 @@ Parts (``--only NAME`` to run one), one module each:
 
 * ``schedule``   (:mod:`.schedule`) schedule_to_commands on 1,000 assets x 288 intervals vs a row-by-row
                  reference, both timed in the same run.
+* ``dispatcher`` (:mod:`.dispatcher`) the dispatcher's own bookkeeping per command (and the event actor's),
+                 on one thread, journal on, with a no-op asset side.
 * ``throughput`` (:mod:`.throughput`) commands/s through dispatcher -> asset actor -> in-memory device ->
                  ack -> COMPLETED, journal on, for steps of 1 and of 4 setpoints per battery, beside
-                 the bare-pykka ceiling measured in the same run.
-* ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors.
+                 the bare-pykka ceiling measured in the same run; with the interpreter as an embedded
+                 Site finds it, then with the site process's settings (``coordinator run``).
+* ``latency``    (:mod:`.latency`) one command at a time on an idle site with in-memory devices: p50/p99.
+* ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors,
+                 beside bare pykka starting 2,000 empty actors in the same run.
 * ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
                  in separate processes), ours against a bare ocpp/pymodbus script (:mod:`.fleet_bare`).
 * ``site``       (:mod:`.site`) ``coordinator run`` idling with 50 chargers and 4 batteries connected: CPU, RSS.
@@ -22,15 +27,36 @@ runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imp
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 from .report import print_figures
 
 __all__ = ["run_bench", "TARGETS"]
 
-TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "throughput_per_s": 20_000.0,
-           "startup_s": 5.0, "startup_rss_mb": 600.0}
+TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "dispatcher_us": 20.0,
+           "throughput_per_s": {1: 10_000.0, 4: 25_000.0}, "latency_p99_ms": 1.0,
+           "startup_s": 5.0, "startup_vs_bare": 2.0, "startup_rss_mb": 600.0}
+
+
+@contextlib.contextmanager
+def _interpreter(tuned: bool) -> Iterator[str]:
+    """As an embedded Site runs (the interpreter as it is), or with the site process's settings
+    (:func:`runtime.service.process.tune_interpreter`), restored afterwards."""
+    if not tuned:
+        yield f"default (switch interval {sys.getswitchinterval():g} s)"
+        return
+    import gc
+
+    from runtime.service.process import tune_interpreter
+    before = sys.getswitchinterval()
+    done = tune_interpreter()
+    try:
+        yield f"site process (switch interval {done['switch_interval_s']:g} s, gc.freeze)"
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
 
 
 def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -46,23 +72,52 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
             (f"ours <= {TARGETS['schedule_ms']:g} ms", r["ours_ms"] <= TARGETS["schedule_ms"]),
             (f"speedup >= {TARGETS['schedule_speedup']:g}x", r["speedup"] >= TARGETS["schedule_speedup"])])
 
-    def throughput() -> None:
-        from .throughput import bench_pykka_ceiling, bench_throughput
-        r = bench_pykka_ceiling(n_actors=n(200, 1000))
-        print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor design "
-                                           "with one thread per asset gets here", True)])
+    def dispatcher() -> None:
+        from .dispatcher import bench_dispatcher
         for channels in (1, 4):
-            r = bench_throughput(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
-            print_figures(out, "throughput", r, [
-                (f">= {TARGETS['throughput_per_s']:g} commands/s", r["commands_per_s"] >= TARGETS["throughput_per_s"]),
+            r = bench_dispatcher(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
+            print_figures(out, "dispatcher", r, [
+                (f"<= {TARGETS['dispatcher_us']:g} us per command", r["us_per_command"] <= TARGETS["dispatcher_us"]),
                 ("every command COMPLETED", r["all_completed"])])
 
+    def throughput() -> None:
+        from .throughput import bench_pykka_ceiling, bench_throughput
+        for tuned in (False, True):
+            with _interpreter(tuned) as setting:
+                r = bench_pykka_ceiling(n_actors=n(200, 1000))
+                r["interpreter"] = setting
+                print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor "
+                                                   "design with one thread per asset gets here", True)])
+                for channels in (1, 4):
+                    r = bench_throughput(n_assets=n(200, 1000), waves=n(5, 20), channels=channels)
+                    r["interpreter"] = setting
+                    target = TARGETS["throughput_per_s"][channels]
+                    print_figures(out, "throughput", r, [
+                        (f">= {target:g} commands/s", r["commands_per_s"] >= target),
+                        ("every command COMPLETED", r["all_completed"])])
+
+    def latency() -> None:
+        from .latency import bench_single_command
+        r = bench_single_command(samples=n(200, 1000))
+        print_figures(out, "latency", r, [
+            (f"p99 < {TARGETS['latency_p99_ms']:g} ms", r["p99_ms"] < TARGETS["latency_p99_ms"]),
+            ("every command COMPLETED", r["timeouts"] == 0)])
+
     def startup() -> None:
-        from .startup import bench_startup
-        r = bench_startup(n_assets=n(200, 2000))
-        print_figures(out, "startup", r, [
-            (f"start <= {TARGETS['startup_s']:g} s", r["start_s"] <= TARGETS["startup_s"]),
-            (f"rss <= {TARGETS['startup_rss_mb']:g} MB", r["rss_mb"] <= TARGETS["startup_rss_mb"])])
+        from .startup import bench_bare_startup, bench_startup
+        for pause_gc in (False, True):
+            setting = "site process (gc paused, then frozen)" if pause_gc else "default"
+            bare = bench_bare_startup(n_actors=n(200, 2000), pause_gc=pause_gc)
+            bare["interpreter"] = setting
+            print_figures(out, "bare start", bare, [("bare pykka starting as many empty actors: the reference",
+                                                     True)])
+            r = bench_startup(n_assets=n(200, 2000), pause_gc=pause_gc)
+            r["vs_bare"] = round(r["start_s"] / max(bare["start_s"], 1e-9), 2)
+            r["interpreter"] = setting
+            print_figures(out, "startup", r, [
+                (f"start <= {TARGETS['startup_s']:g} s", r["start_s"] <= TARGETS["startup_s"]),
+                (f"start <= {TARGETS['startup_vs_bare']:g}x bare pykka", r["vs_bare"] <= TARGETS["startup_vs_bare"]),
+                (f"rss <= {TARGETS['startup_rss_mb']:g} MB", r["rss_mb"] <= TARGETS["startup_rss_mb"])])
 
     def fleet() -> None:
         from .fleet import run_fleet_bench_part
@@ -94,7 +149,8 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
         from .cloud import run_cloud_bench_part
         run_cloud_bench_part(out, quick)
 
-    parts: dict[str, Callable[[], None]] = {"schedule": schedule, "throughput": throughput, "startup": startup,
+    parts: dict[str, Callable[[], None]] = {"schedule": schedule, "dispatcher": dispatcher, "throughput": throughput,
+                                            "latency": latency, "startup": startup,
                                             "fleet": fleet, "site": site, "journal": journal, "cloud": cloud}
     for name in only or list(parts):
         if name not in parts:

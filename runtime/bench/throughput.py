@@ -55,6 +55,7 @@ def bench_throughput(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
             steps = [[Command(f"w{w}-{i}-{k}", f"bat-{i}", _BATTERY_CHANNELS[k], float(1 + (w + k) % 20), now)
                       for i in range(n_assets) for k in range(channels)] for w in range(waves)]
             completed = True
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             for step in steps:
                 wave_done.clear()
@@ -63,9 +64,11 @@ def bench_throughput(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
                     completed = False
                     break
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - cpu0
     return {"assets": n_assets, "setpoints_per_asset": channels, "commands": total, "completed": seen[0],
             "all_completed": completed, "seconds": round(elapsed, 3),
-            "commands_per_s": round(seen[0] / elapsed), "step_ms": round(1000 * elapsed / waves, 1)}
+            "commands_per_s": round(seen[0] / elapsed), "step_ms": round(1000 * elapsed / waves, 1),
+            "cpu_us_per_command": round(1e6 * cpu / max(1, seen[0]), 1)}
 
 
 class _Hub(pykka.ThreadingActor):
@@ -101,14 +104,16 @@ def bench_pykka_ceiling(n_actors: int = 1000, waves: int = 20) -> dict[str, Any]
     leaves = [_Leaf.start(hub) for _ in range(n_actors)]
     hub.proxy().leaves = leaves
     try:
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         for _ in range(waves):
             done.clear()
             hub.tell("fan-out")
             done.wait(60)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
     finally:
         for ref in [hub, *leaves]:
             ref.stop(block=True, timeout=10)
     return {"actors": n_actors, "round_trips_per_s": round(n_actors * waves / elapsed),
-            "fan_out_ms": round(1000 * elapsed / waves, 1)}
+            "fan_out_ms": round(1000 * elapsed / waves, 1), "cpu_us_per_round_trip": round(1e6 * cpu / (n_actors * waves), 1)}

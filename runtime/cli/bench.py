@@ -9,7 +9,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``coordinator bench``."""
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--only", action="append", default=None,
-                        help="run only these parts (schedule, throughput, startup, fleet, journal); repeatable")
+                        help="run only these parts (schedule, dispatcher, throughput, latency, startup, fleet, site, "
+                             "journal, cloud); repeatable")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log lines as text or as JSON objects (default: [logging] format of the file)")
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None,
                         help="default: [logging] level of the file (INFO)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="leave the interpreter's GIL switch interval and garbage collector as they are "
+                             "(by default the process raises the switch interval and freezes its start-up "
+                             "objects out of the collector; see runtime.service.process)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_CONFIG
     configure_logging(args.log_format or config.logging.format, args.log_level or config.logging.level)
     try:
-        process = SiteProcess(config, simulate=args.simulate)
+        process = SiteProcess(config, simulate=args.simulate, tune=not args.no_tune)
         return process.run()
     except ConfigurationError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)

@@ -203,6 +203,9 @@ class CommandTable:
         self._heads: dict[tuple[str, CommandType], str] = {}     # setpoint channel -> its due command
         self._unavailable: set[str] = set()
         self._heap: list[tuple[float, int, int, str, int]] = []
+        #: (id, birth) of entries inserted already due: the next sweep takes them (a _DUE deadline that
+        #: skips the heap; the same validity rule applies)
+        self._due_now: list[tuple[str, int]] = []
         self._finished: list[tuple[float, int, str]] = []
         self._compact_at = 1024                                  # heap size that triggers _compact
         self._tick = itertools.count()
@@ -241,11 +244,14 @@ class CommandTable:
                 raise ValueError(f"command {cmd.command_id}: only PENDING commands can be added, "
                                  f"got {cmd.status.value}")
         changes = []
+        created: object = None
         for cmd in given:
             if self._known(cmd.command_id):
                 continue
             if cmd.created_at is None:
-                cmd = cmd.evolve(created_at=to_datetime(now))
+                if created is None:
+                    created = to_datetime(now)
+                cmd = cmd.evolve(created_at=created)
             e = self._insert(cmd, self._take_seq(), None, now)
             changes.append(Change(e.command, None, EventType.COMMAND_CREATED))
         return changes
@@ -364,6 +370,16 @@ class CommandTable:
         expiries: list[_Entry] = []
         timeouts: list[tuple[_Entry, int]] = []
         heap = self._heap
+        if self._due_now:
+            due_now, self._due_now = self._due_now, []
+            for key, ver in due_now:
+                if self._valid(_DUE, key, ver):
+                    e = self._cmds[key]
+                    if e.sched <= now:
+                        e.due_seen = True
+                        newly_due.append(e)
+                    else:  # the clock went back since it was inserted: wait for its time
+                        self._push(e.sched, _DUE, key, ver)
         while heap and heap[0][0] <= now:
             _, _, kind, key, ver = heapq.heappop(heap)
             if not self._valid(kind, key, ver):
@@ -412,6 +428,15 @@ class CommandTable:
         ready.sort(key=lambda e: (-e.command.priority, e.sched, e.seq))
         return [e.command for e in ready]
 
+    def idle_at(self, now: float) -> bool:
+        """True when :meth:`sweep` at ``now`` would change nothing and :meth:`due` would return nothing:
+        no command is PENDING and no deadline is at or before ``now``. O(1) amortized: a caller may skip
+        its sweep then."""
+        if self._pending:
+            return False
+        deadline = self.next_deadline()
+        return deadline is None or deadline > now
+
     def next_deadline(self) -> float | None:
         """Earliest time (epoch seconds) at which :meth:`sweep` or :meth:`due` would change something.
 
@@ -423,7 +448,13 @@ class CommandTable:
         heap = self._heap
         while heap and not self._valid(heap[0][2], heap[0][3], heap[0][4]):
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        deadline = heap[0][0] if heap else None
+        if self._due_now:
+            self._due_now = [(k, v) for k, v in self._due_now if self._valid(_DUE, k, v)]
+            if self._due_now:
+                due = min(self._cmds[k].sched for k, _ in self._due_now)
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
 
     # ------------------------------------------------------------------ command answers
 
@@ -453,6 +484,19 @@ class CommandTable:
             return []
         e.acked_at = now
         return [self._apply(e, _S.ACKNOWLEDGED, EventType.COMMAND_ACKNOWLEDGED, now)]
+
+    def acknowledge_and_complete(self, command_id: str, now: float) -> list[Change]:
+        """What :meth:`acknowledge` then :meth:`complete` do, in one call (a device that answered and
+        finished at once): DISPATCHED -> ACKNOWLEDGED -> COMPLETED gives both changes, without arming the
+        completion deadline in between; ACKNOWLEDGED -> COMPLETED; ignored ([]) unless in flight."""
+        e = self._entry(command_id, now)
+        if e is None or e.command.status not in _IN_FLIGHT:
+            return []
+        if e.command.status is _S.ACKNOWLEDGED:
+            return [self._apply(e, _S.COMPLETED, EventType.COMMAND_COMPLETED, now)]
+        e.acked_at = now
+        acked = self._apply(e, _S.ACKNOWLEDGED, EventType.COMMAND_ACKNOWLEDGED, now, arm=False)
+        return [acked, self._apply(e, _S.COMPLETED, EventType.COMMAND_COMPLETED, now)]
 
     def complete(self, command_id: str, now: float) -> list[Change]:
         """DISPATCHED/ACKNOWLEDGED -> COMPLETED. Ignored ([]) unless in flight (a late answer)."""
@@ -693,6 +737,8 @@ class CommandTable:
 
     def _row(self, command_id: str) -> tuple[_BatchState | None, int] | None:
         """(batch state, row) when ``command_id`` is a row of a stored batch; state None when retired."""
+        if not self._batches and not self._retired:  # no schedule: no id is a row (the common API case)
+            return None
         prefix, sep, tail = command_id.rpartition("-")
         if not sep or not (tail.isascii() and tail.isdigit()) or tail != str(int(tail)):
             return None
@@ -752,13 +798,17 @@ class CommandTable:
         if cmd.status is _S.PENDING:
             self._pending[cmd.command_id] = e
         if not due:
-            self._push(e.sched, _DUE, cmd.command_id, e.birth)
+            if e.sched <= now:
+                self._due_now.append((cmd.command_id, e.birth))
+            else:
+                self._push(e.sched, _DUE, cmd.command_id, e.birth)
         self._arm(e, now)
         return e
 
-    def _apply(self, e: _Entry, status: CommandStatus, event: EventType | None, now: float,
+    def _apply(self, e: _Entry, status: CommandStatus, event: EventType | None, now: float, arm: bool = True,
                **fields: object) -> Change:
-        """Move ``e`` to ``status`` (lifecycle-checked), update the indexes, arm the new deadlines."""
+        """Move ``e`` to ``status`` (lifecycle-checked), update the indexes, arm the new deadlines (unless
+        ``arm`` is False: the caller moves it on at once)."""
         old = e.command
         new = old.evolve(status, **fields)
         cid = new.command_id
@@ -777,7 +827,7 @@ class CommandTable:
                 del self._by_asset[new.asset_id]
             e.finished_at = now
             heapq.heappush(self._finished, (now, next(self._tick), cid))
-        else:
+        elif arm:
             self._arm(e, now)
         retry_at = e.retry_at if status in _WAITING and old.status in _IN_FLIGHT else None
         return Change(new, old.status, event, retry_at)

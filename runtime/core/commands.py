@@ -180,13 +180,15 @@ class Command(_CommandFields):
         identity of a command (id, asset, type, value, time) never does. This is the dispatcher's hot
         path, so it copies slots directly instead of re-running the constructor's validation.
         """
+        values = list(self)
         if status is not None and status is not self.status:
             if status not in ALLOWED_TRANSITIONS[self.status]:
                 raise InvalidCommandTransition(
                     f"command {self.command_id} ({self.asset_id}): {self.status.value} -> {status.value} "
                     f"is not a legal transition")
-            changes["status"] = status
-        values = list(self)
+            values[5] = status   # _CommandFields.status
+        if not changes:
+            return tuple.__new__(Command, values)
         for name, value in changes.items():
             index = _EVOLVABLE.get(name)
             if index is None:
@@ -224,5 +226,6 @@ class Command(_CommandFields):
 
 _EVOLVABLE = {name: _CommandFields._fields.index(name)
               for name in ("status", "attempts", "last_error", "priority", "expires_at", "created_at", "granted")}
+assert _EVOLVABLE["status"] == 5  # evolve() sets it by index
 #: Enum member -> value; ``.value`` is a slow property on CPython 3.11 and records are a hot path.
 _VALUE: dict[Any, str] = {m: m.value for e in (CommandStatus, CommandType) for m in e}

@@ -111,6 +111,8 @@ def new_record(cmd: Command, now: float) -> dict[str, Any]:
 def transition_record(old: Command, new: Command, now: float) -> dict[str, Any]:
     """The ``"t"`` record that turns snapshot ``old`` (what the journal holds) into ``new``."""
     rec: dict[str, Any] = {"k": "t", "i": new.command_id, "s": STATUS_CODE[new.status], "w": record_time(now)}
+    if new[6:11] == old[6:11] and new[12] == old[12]:  # attempts .. last_error, granted: only the status moved
+        return rec
     if new.attempts != old.attempts:
         rec["n"] = new.attempts
     if new.last_error != old.last_error:
@@ -181,6 +183,8 @@ class RecordEncoder:
 
     def is_row(self, command_id: str) -> bool:
         """True when ``command_id`` is a row of a batch this encoder knows."""
+        if not self._batches:
+            return False
         prefix, sep, tail = command_id.rpartition("-")
         if not sep or not tail.isdigit():
             return False

@@ -14,6 +14,15 @@ Shutdown on a signal, bounded by ``[shutdown] timeout_s`` (default 10 s):
 3. stop the site: actors, journal (synced and closed), devices and sockets;
 4. exit 0.
 
+Interpreter settings (:func:`tune_interpreter`, on by default here, never in an embedded
+:class:`~runtime.site.Site`, whose host application owns its interpreter): the garbage collector is
+paused while the site starts (it allocates the long-lived objects of every asset at once, and the
+collections then find nothing to free); once the site has started, the objects that live for the whole run (actors, specs, links, recovered commands) are collected once and
+frozen out of the garbage collector (``gc.freeze()``), so later collections do not walk them again; and
+the GIL switch interval is raised from CPython's 5 ms to :data:`SWITCH_INTERVAL_S`, so that the one
+thread per asset hand the GIL over less often under load (a thread that blocks or waits hands it over
+at once, whatever the interval). ``SiteProcess(tune=False)`` leaves the interpreter as it is.
+
 A site that fails on its own (its dispatcher or event actor died) makes the process exit 1; a bad
 configuration exits 2 before anything starts. After kill -9, starting the process again recovers every
 accepted command that was not final from the journal and completes it; final commands are never
@@ -22,8 +31,10 @@ applied again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,9 +51,27 @@ from .simulate import Simulators
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SiteProcess", "Component", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG"]
+__all__ = ["SiteProcess", "Component", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG", "SWITCH_INTERVAL_S",
+           "tune_interpreter"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+#: The GIL switch interval of the site process (CPython's default is 0.005 s); see the module docstring.
+SWITCH_INTERVAL_S = 0.01
+
+
+def tune_interpreter(switch_interval_s: float | None = SWITCH_INTERVAL_S, freeze: bool = True) -> dict[str, Any]:
+    """Apply the site process's interpreter settings (see the module docstring); returns what was set.
+    Call it once the long-lived objects exist (after the site started)."""
+    done: dict[str, Any] = {}
+    if switch_interval_s is not None:
+        sys.setswitchinterval(switch_interval_s)
+        done["switch_interval_s"] = switch_interval_s
+    if freeze:
+        gc.collect()
+        gc.freeze()
+        done["gc_frozen"] = gc.get_freeze_count()
+    return done
 
 
 class Component(Protocol):
@@ -81,12 +110,15 @@ class SiteProcess:
     ``simulate``: start every configured device as a simulator in this process (see
     :mod:`runtime.service.simulate`) instead of connecting to real hardware. ``clock``: for tests (a real
     clock by default). ``components``: factories of the components to start (default: HTTP API and
-    watched folder, when configured).
+    watched folder, when configured). ``tune``: apply :func:`tune_interpreter` once the site and its
+    components have started (``coordinator run`` does; off by default for a SiteProcess made in a process
+    that does other things, as tests do).
     """
 
     def __init__(self, config: SiteConfig, *, simulate: bool = False, clock: Clock | None = None,
-                 components: Iterable[ComponentFactory] | None = None) -> None:
+                 components: Iterable[ComponentFactory] | None = None, tune: bool = False) -> None:
         self.config = config
+        self._tune = tune
         self.simulators = Simulators(config) if simulate else None
         self._clock = clock
         self._factories = list(default_components() if components is None else components)
@@ -117,6 +149,19 @@ class SiteProcess:
         self.site = Site(asset_specs(config, links), clock=self._clock, grid=grid,
                          priorities={a.id: a.priority for a in config.assets if a.priority}, cloud=config.cloud,
                          **options)
+        paused = self._tune and gc.isenabled()
+        if paused:
+            gc.disable()  # for the start-up only (see the module docstring)
+        try:
+            self._start_site(config, options)
+        finally:
+            if paused:
+                gc.enable()
+        if self._tune:
+            log.info("interpreter tuned for the site process: %s", tune_interpreter())
+
+    def _start_site(self, config: SiteConfig, options: dict[str, Any]) -> None:
+        assert self.site is not None
         self.site.start()
         log.info("site %s running with %d assets (journal %s)", config.site.name, len(config.assets),
                  config.journal.dir)
