@@ -53,6 +53,7 @@ from protocols.base import (DeviceContext, DeviceEvent, DeviceLink, DeviceResult
 from runtime.core.commands import CommandType
 from runtime.core.errors import ConfigurationError
 
+from . import pymodbus_log
 from .codec import decode_value
 from .register_map import BatteryRegisterMap, RegisterMapError, WriteBlock, load_register_map
 
@@ -60,6 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from runtime.core.clock import TimerHandle
     from runtime.core.commands import Command
 
+
+pymodbus_log.install()  # pymodbus' hex dumps and routine timeouts, fit for a site's log
 log = logging.getLogger(__name__)
 
 __all__ = ["ModbusBatteryLink", "exception_name", "EXCEPTION_NAMES"]
