@@ -43,9 +43,9 @@ from actors.dispatcher import DispatcherActor
 from actors.edge_link import EdgeLinkActor, EdgeLinkOptions
 from actors.event_actor import EventActor
 from actors.handlers import Request
-from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetStatus, ListCommands,
-                             Ping, Publish, SetController, SetParameter, SubmitBatch, SubmitCommands, Subscribe,
-                             Unsubscribe)
+from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetEdgeState,
+                             GetStatus, ListCommands, Ping, Publish, SetController, SetParameter, SubmitBatch,
+                             SubmitCommands, Subscribe, Unsubscribe)
 from actors.supervisor import RestartPolicy, SupervisorActor
 from protocols.base import DeviceLink
 from protocols.memory import InMemoryDevice
@@ -578,6 +578,14 @@ class Site:
     def supervision(self) -> dict[str, str]:
         """{asset_id: "running" | "restarting" | "unavailable"}."""
         return self._require("supervisor").ask(GetStatus(), timeout=ASK_TIMEOUT_S)
+
+    def edge_state(self) -> dict[str, Any] | None:
+        """The edge link's state (connected, ready, last_seq, queued, in_flight, leases, controllers, sessions,
+        and ``log_entries``: the commands its log holds in memory), or None for a site without a cloud link."""
+        edge = self._edge
+        if edge is None:
+            return None
+        return edge.ask(GetEdgeState(), timeout=ASK_TIMEOUT_S)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
