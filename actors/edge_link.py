@@ -348,7 +348,7 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
         return {"connected": self._session is not None, "ready": self._ready, "last_seq": self._log.last_seq,
                 "queued": len(self._queue), "in_flight": sum(len(ids) for ids in self._busy.values()),
                 "leases": self._overrides(), "controllers": dict(self._controllers),
-                "sessions": self._conn.sessions}
+                "sessions": self._conn.sessions, "log_entries": len(self._log.entries())}
 
     # ---- the session ---------------------------------------------------------------------------
     @handles(EdgeConnected)

@@ -429,8 +429,9 @@ class Site:
         ``connected`` (a session with the router is open), ``ready`` (its ``welcome`` came), ``last_seq``
         (the highest command seq journaled), ``queued`` (device commands waiting at the edge), ``in_flight``
         (at the site), ``leases`` (active overrides and the seconds they have left), ``controllers`` (the
-        switches the cloud set), ``sessions`` (how many sessions it has opened). Asked from the caller's
-        thread (bounded wait). :raises SiteNotRunning: the site is not running."""
+        switches the cloud set), ``sessions`` (how many sessions it has opened), ``log_entries`` (the commands
+        its log ``cloud.jnl`` holds in memory). Asked from the caller's thread (bounded wait).
+        :raises SiteNotRunning: the site is not running."""
         self._require("dispatcher")
         if self._cloud is None:
             return None

@@ -234,15 +234,17 @@ async def _start(fleet: Fleet, url: str, version: str, backoff: Backoff | None, 
 async def run_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"] = "1.6", id_prefix: str = "CP", *,
                     stop: asyncio.Event | None = None, retry: bool = False, retry_base: float = 0.5,
                     retry_cap: float = 30.0, rng: random.Random | None = None, concurrency: int = 50,
-                    plug_in: bool = False, start_transactions: bool = False, **kw: Any) -> Fleet:
+                    plug_in: bool = False, start_transactions: bool = False,
+                    on_fleet: Callable[[Fleet], None] | None = None, **kw: Any) -> Fleet:
     """Run ``count`` simulators until ``stop`` is set (or the task is cancelled), then stop them all.
     Returns the (stopped) fleet: ``sims`` those that started, ``failed`` those that never did.
 
     ``retry``: keep retrying the charge points that did not start, with :class:`Backoff` (``retry_base``,
     ``retry_cap``, ``rng``), until each has started or the fleet stops; without it they are tried once (as
     by :func:`start_fleet`) and logged. Starting runs alongside the wait, so a stop is prompt even in the
-    middle of an attempt. A malformed ``url`` (:func:`check_url`) raises ``ValueError`` at once, as does a
-    retry window with ``retry_cap < retry_base``.
+    middle of an attempt. ``on_fleet`` is called with the fleet before any simulator starts (its ``order``
+    lists every simulator: fault injection, :mod:`protocols.sim.control`). A malformed ``url``
+    (:func:`check_url`) raises ``ValueError`` at once, as does a retry window with ``retry_cap < retry_base``.
     """
     try:
         check_url(url)
@@ -250,6 +252,8 @@ async def run_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"] = "1.
         raise ValueError(f"url {url!r}: {exc}") from None
     backoff = Backoff(retry_base, retry_cap, rng) if retry else None
     fleet = _new_fleet(url, count, version, id_prefix, **kw)
+    if on_fleet is not None:
+        on_fleet(fleet)
     starting = asyncio.get_running_loop().create_task(
         _start(fleet, url, version, backoff, concurrency, plug_in, start_transactions), name="fleet-start")
     try:

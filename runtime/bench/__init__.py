@@ -21,6 +21,10 @@ Parts (``--only NAME`` to run one), one module each:
 * ``cloud``      (:mod:`.cloud`) the command router: commands/s and p50/p99 operator -> router -> 100 fake edges
                  -> EXECUTED, alone and through two routers over Redis; 500 edges reconnecting at once.
 
+Not a part: ``coordinator bench soak --minutes N`` (:mod:`.soak`) runs the whole system with faults for a while
+(500 OCPP chargers and 50 Modbus batteries on simulators, a site with a schedule, the cloud router and a client)
+and reports commands/s, p99 latency, RSS growth per hour and what leaked.
+
 This package's ``__init__`` imports nothing heavy: the bare fleet process (``python -m
 runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imported when it runs.
 """

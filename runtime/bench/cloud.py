@@ -38,7 +38,8 @@ from typing import Any, TextIO
 
 from .report import ms, percentile, print_figures
 
-__all__ = ["bench_router", "bench_reconnect", "run_cloud_bench_part", "TARGETS"]
+__all__ = ["bench_router", "bench_reconnect", "run_cloud_bench_part", "TARGETS", "RouterProc", "router_config",
+           "free_port", "user_token", "proc_rss_mb", "proc_cpu_s", "SECRET", "AUDIENCE"]
 
 TARGETS = {"commands_per_s": 2000.0, "p99_ms": 50.0, "reconnect_s": 15.0}
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,48 +47,75 @@ SECRET = "bench-router-hs256-secret-0123456789abcdef"
 AUDIENCE = "bench"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` in MB (Linux /proc); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _edge_secret(i: int) -> str:
     return f"bench-edge-secret-{i:05d}-0123456789"
 
 
-def _config(folder: Path, n_edges: int, *, instance: str, redis_url: str | None = None, prefix: str = "bench",
-            handshake: str = "100000/second") -> Path:
+def router_config(folder: Path, edges: dict[str, str], *, instance: str, port: int = 0,
+                  redis_url: str | None = None, prefix: str = "bench", handshake: str = "100000/second",
+                  retention_s: float | None = None, extra: tuple[str, ...] = ()) -> Path:
+    """A router.toml in ``folder`` for the benchmarks: loopback, HS256 (:data:`SECRET`, :data:`AUDIENCE`), no
+    rate limits to speak of, ``edges`` (id -> secret); ``retention_s``: ``[store] retention_s``; ``extra``: more
+    TOML lines (whole tables)."""
     lines = [f'instance_id = "{instance}"', "ack_timeout_s = 10.0",
-             "[listen]", 'host = "127.0.0.1"', "port = 0",
+             "[listen]", 'host = "127.0.0.1"', f"port = {port}",
              "[auth]", f'audience = "{AUDIENCE}"', f'hs256_secret = "{SECRET}"',
              "[store]", f'sqlite = "{folder / (instance + ".sqlite")}"',
+             *([f"retention_s = {retention_s}"] if retention_s is not None else []),
              "[limits]", 'user = "1000000/second"', 'edge = "1000000/second"', f'handshake = "{handshake}"']
     if redis_url:
         lines += ["[redis]", f'url = "{redis_url}"', f'prefix = "{prefix}"']
+    lines += list(extra)
     lines.append("[edges]")
-    lines += [f'b{i:05d} = "{_edge_secret(i)}"' for i in range(n_edges)]
+    lines += [f'{edge} = "{secret}"' for edge, secret in edges.items()]
     path = folder / f"{instance}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def _config(folder: Path, n_edges: int, **kw: Any) -> Path:
+    return router_config(folder, {f"b{i:05d}": _edge_secret(i) for i in range(n_edges)}, **kw)
+
+
 class RouterProc:
-    """``coordinator router`` in its own process; ``url`` once it listens."""
+    """``coordinator router`` in its own process; ``url`` once it listens. :meth:`stop` ends it (SIGTERM, then
+    SIGKILL) and releases its pipe and reader thread."""
 
     def __init__(self, config: Path) -> None:
         self.config = config
         self.proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "router", "--config", str(config)],
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         self.tail: list[str] = []
-        threading.Thread(target=self._read, name="bench-router-stderr", daemon=True).start()
+        self._reader = threading.Thread(target=self._read, name="bench-router-stderr", daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -103,17 +131,14 @@ class RouterProc:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.tail = (self.tail + [line])[-50:]
-            self._lines.put(line)
+            if self._lines.qsize() < 1000:   # only the start-up wait reads them
+                self._lines.put(line)
 
     def cpu_s(self) -> float:
-        return _cpu_s(self.proc.pid)
+        return proc_cpu_s(self.proc.pid)
 
     def rss_mb(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
+        return proc_rss_mb(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -123,6 +148,9 @@ class RouterProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._reader.join(timeout=5)
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
 
 
 class RedisProc:
@@ -130,7 +158,7 @@ class RedisProc:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (bash tests/setup.sh installs it)")
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -151,7 +179,8 @@ class RedisProc:
         self.proc.wait(10)
 
 
-def _token(sub: str) -> str:
+def user_token(sub: str) -> str:
+    """A user token for the benchmark routers: may control every edge, valid for an hour."""
     from runtime.router.auth import mint, user_claims
     return mint(user_claims(sub, AUDIENCE, control="*", ttl_s=3600), SECRET)
 
@@ -179,7 +208,7 @@ async def _load(edge_url: str, client_url: str, n_edges: int, total: int, window
                 state["left"] -= 1
                 if state["left"] <= 0:
                     done.set()
-    clients = [Operator(client_url, _token(f"bench{i}"), on_status=on_status) for i in range(n_clients)]
+    clients = [Operator(client_url, user_token(f"bench{i}"), on_status=on_status) for i in range(n_clients)]
     for c in clients:
         await c.connect(timeout=30)
     counter = iter(range(10 ** 9))
@@ -322,7 +351,7 @@ async def _reconnect(config: Path, n_edges: int, limit_per_s: float) -> dict[str
         for e in edges:
             await e.close()
         router = RouterProc(config)       # it comes back (on another port: a fleet's other instance, say)
-        op = await Operator(router.url, _token("bench")).connect(timeout=30)
+        op = await Operator(router.url, user_token("bench")).connect(timeout=30)
         for i, e in enumerate(edges):    # one command queued for each edge while it is away
             await op.submit(setpoint(f"r{i}", e.edge_id, 1.0))
         await op.wait(lambda: all(op.statuses.get(f"r{i}") for i in range(n_edges)), 60, "every command queued")
@@ -361,7 +390,7 @@ def _connected_times(url: str, n: int) -> list[float]:
 
     from runtime.router.audit import parse_time
     request = urllib.request.Request(f"{url}/api/v1/audit?kind=edge&status=CONNECTED&limit={n}",
-                                     headers={"Authorization": f"Bearer {_token('bench')}"})
+                                     headers={"Authorization": f"Bearer {user_token('bench')}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         rows = json.loads(response.read())["rows"]
     return sorted(parse_time(r["at"], 0.0) for r in rows)

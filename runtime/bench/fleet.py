@@ -43,12 +43,12 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from protocols.modbus.link import ModbusBatteryLink
 from protocols.ocpp.link import OcppChargerLink
 from protocols.sim.fleet import fleet_ids
-from runtime.core.assets import BatterySpec, ChargerSpec
+from runtime.core.assets import AssetSpec, BatterySpec, ChargerSpec
 from runtime.core.commands import Command, CommandType
 from runtime.core.events import EventType
 from runtime.site import Site
@@ -57,7 +57,7 @@ from .fleet_sims import ID_PREFIX, ROOT, SimProcess, charger_args, start_batteri
 from .fleet_step import GcMeter, Step, step_values
 from .report import mean, ms, print_figures, summary
 
-__all__ = ["run_fleet_bench", "run_fleet_bench_part", "TARGETS"]
+__all__ = ["run_fleet_bench", "run_fleet_bench_part", "fleet_specs", "connect_fleet", "TARGETS"]
 
 TARGETS = {"p99_ms": 1000.0, "ratio_p99": 1.3}
 _FINAL = ("COMPLETED", "FAILED", "TIMED_OUT", "EXPIRED", "SUPERSEDED", "REJECTED")
@@ -96,6 +96,66 @@ class _Recorder:
                     self.done.set()
 
 
+def fleet_specs(n_chargers: int, battery_ports: Sequence[int]) -> tuple[list[str], list[str], list[AssetSpec]]:
+    """(charger ids, battery ids, specs) of a site with ``n_chargers`` OCPP chargers (charge point ids from
+    :func:`~protocols.sim.fleet.fleet_ids`, as the charger simulator names them) and a Modbus battery per port."""
+    cp_ids = fleet_ids(n_chargers, ID_PREFIX)
+    chargers = [f"ev-{cp}" for cp in cp_ids]
+    batteries = [f"bat-{i:03d}" for i in range(len(battery_ports))]
+    specs: list[AssetSpec] = [ChargerSpec(aid, max_kw=22.0, device=OcppChargerLink(cp))
+                              for aid, cp in zip(chargers, cp_ids)]
+    specs += [BatterySpec(aid, max_charge_kw=50.0, max_discharge_kw=50.0,
+                          device=ModbusBatteryLink("127.0.0.1", port, name=aid))
+              for aid, port in zip(batteries, battery_ports)]
+    return chargers, batteries, specs
+
+
+def connect_fleet(site: Site, chargers: Sequence[str], batteries: Sequence[str], version: str, concurrency: int,
+                  connect_timeout: float, control: bool = False,
+                  on_line: Callable[[str], None] | None = None) -> tuple[SimProcess, float]:
+    """Start the charger simulator process against ``site``'s central system and wait until every charger
+    and every battery link is connected: (the simulator process, seconds it took). RuntimeError (naming how
+    many did) after ``connect_timeout``; the simulator process is stopped then."""
+    charger_set = set(chargers)
+    online: set[str] = set()
+    lock = threading.Lock()
+
+    def on_connected(event: Any) -> None:  # no charger can connect before its simulator starts
+        aid = event.payload.get("asset_id")
+        if aid in charger_set:
+            with lock:
+                online.add(aid)
+    unsubscribe = site.events.subscribe(EventType.ASSET_CONNECTED, on_connected)
+    try:
+        site.settle(timeout=30)  # every link started: its charge point id is known to the central system
+        links = [site.device(aid) for aid in batteries]
+        t_launch = time.perf_counter()
+        sim = SimProcess("ocpp (site)", charger_args(f"ws://127.0.0.1:{site.service('ocpp').port}", len(chargers),
+                                                     version, concurrency), on_line, control=control)
+        try:
+            deadline = time.monotonic() + connect_timeout
+            while True:
+                with lock:
+                    n_online = len(online)
+                up = sum(1 for link in links if link.connected)
+                if n_online == len(chargers) and up == len(links):
+                    break
+                sim.check_alive()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"site: {n_online} of {len(chargers)} chargers and {up} of {len(links)} "
+                                       f"batteries connected within {connect_timeout:g} s; charger simulator: "
+                                       f"{sim.tail(4)}")
+                time.sleep(0.05)
+            connect_s = round(time.perf_counter() - t_launch, 2)
+            site.settle(timeout=30)  # every asset actor has seen its LinkUp
+        except BaseException:
+            sim.stop()
+            raise
+    finally:
+        unsubscribe()
+    return sim, connect_s
+
+
 class _SiteRig:
     """Ours: a Site with N OCPP chargers (simulator process connecting to its central system) and M
     Modbus batteries."""
@@ -103,13 +163,7 @@ class _SiteRig:
     def __init__(self, n_chargers: int, battery_ports: list[int], version: str, concurrency: int,
                  journal_dir: str | None) -> None:
         self.n_chargers, self.version, self.concurrency = n_chargers, version, concurrency
-        cp_ids = fleet_ids(n_chargers, ID_PREFIX)
-        self.chargers = [f"ev-{cp}" for cp in cp_ids]
-        self.batteries = [f"bat-{i:03d}" for i in range(len(battery_ports))]
-        specs = ([ChargerSpec(aid, max_kw=22.0, device=OcppChargerLink(cp)) for aid, cp in zip(self.chargers, cp_ids)]
-                 + [BatterySpec(aid, max_charge_kw=50.0, max_discharge_kw=50.0,
-                                device=ModbusBatteryLink("127.0.0.1", port, name=aid))
-                    for aid, port in zip(self.batteries, battery_ports)])
+        self.chargers, self.batteries, specs = fleet_specs(n_chargers, battery_ports)
         self.site = Site(specs, ocpp={"port": 0}, journal_dir=journal_dir, fsync="batch")
         self.sim: SimProcess | None = None
         self.rec = _Recorder()
@@ -127,42 +181,13 @@ class _SiteRig:
                    EventType.COMMAND_REJECTED, EventType.COMMAND_EXPIRED, EventType.COMMAND_SUPERSEDED,
                    EventType.COMMAND_HELD):
             site.events.subscribe(et, self.rec.on_event)
-        charger_set = set(self.chargers)
-        online: set[str] = set()
-        lock = self.lock
-
-        def on_connected(event: Any) -> None:  # no charger can connect before its simulator starts
-            aid = event.payload.get("asset_id")
-            if aid in charger_set:
-                with lock:
-                    online.add(aid)
-        site.events.subscribe(EventType.ASSET_CONNECTED, on_connected)
 
         def on_disconnected(event: Any) -> None:
-            with lock:
+            with self.lock:
                 self.disconnects.append(f"{event.payload.get('asset_id')}: {event.payload.get('reason')}")
         site.events.subscribe(EventType.ASSET_DISCONNECTED, on_disconnected)
-        site.settle(timeout=30)  # every link started: its charge point id is known to the central system
-        links = [site.device(aid) for aid in self.batteries]
-        t_launch = time.perf_counter()
-        self.sim = SimProcess("ocpp (site)", charger_args(f"ws://127.0.0.1:{site.service('ocpp').port}",
-                                                            self.n_chargers, self.version, self.concurrency))
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            with lock:
-                n_online = len(online)
-            up = sum(1 for link in links if link.connected)
-            if n_online == self.n_chargers and up == len(links):
-                break
-            self.sim.check_alive()
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        connect_s = round(time.perf_counter() - t_launch, 2)
-        if n_online < self.n_chargers or up < len(links):
-            raise RuntimeError(f"site: {n_online} of {self.n_chargers} chargers and {up} of {len(links)} batteries "
-                               f"connected within {connect_timeout:g} s; charger simulator: {self.sim.tail(4)}")
-        site.settle(timeout=30)  # every asset actor has seen its LinkUp
+        self.sim, connect_s = connect_fleet(site, self.chargers, self.batteries, self.version, self.concurrency,
+                                            connect_timeout)
         return {"connect_s": connect_s}
 
     def step(self, k: int, timeout: float) -> Step:

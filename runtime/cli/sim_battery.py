@@ -5,7 +5,8 @@
 Battery i listens on port+i (``--port 0``: any free port; each battery prints the line
 ``battery simulator <name> listening on <host>:<port> unit <id> (...)``). Exit codes: 0 clean stop,
 1 the simulators could not start, 2 bad options (one line on stderr; the simulators check the
-battery values: capacity and powers > 0, state of charge in 0..100).
+battery values: capacity and powers > 0, state of charge in 0..100). ``--control`` takes fault-injection
+commands on stdin (:mod:`protocols.sim.control`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 
 from protocols.modbus.register_map import RegisterMap, sunspec_map
 from protocols.sim.battery import BatterySim
+from protocols.sim.control import battery_commands, serve_control
 from runtime.core.errors import RegisterMapError
 
 from .argtypes import integer
@@ -43,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="largest discharging power of each battery in kW (default 50)")
     parser.add_argument("--soc", type=float, default=50.0,
                         help="initial state of charge in %% (0..100, default 50)")
+    parser.add_argument("--control", action="store_true",
+                        help="take fault-injection commands on stdin, one a line (offline N SECONDS, "
+                             "silent N SECONDS); answers on stdout")
     return parser
 
 
@@ -63,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RegisterMapError) as e:
         print(f"coordinator sim battery: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(sims))
+    return asyncio.run(_serve(sims, args.control))
 
 
-async def _serve(sims: list[BatterySim]) -> int:
+async def _serve(sims: list[BatterySim], control: bool = False) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed = []
@@ -84,7 +89,15 @@ async def _serve(sims: list[BatterySim]) -> int:
             print(f"battery simulator {sim.name} listening on {sim.host}:{sim.port} unit {sim.device_id} "
                   f"({sim.register_map.describe()})", flush=True)
         print(f"{len(started)} battery simulator(s) running; Ctrl-C or SIGTERM stops them", flush=True)
-        await stop.wait()
+        if control:
+            task = loop.create_task(serve_control(lambda timed: battery_commands(sims, timed)), name="sim-control")
+            try:
+                await stop.wait()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        else:
+            await stop.wait()
         return 0
     except OSError as e:
         print(f"coordinator sim battery: {e}", file=sys.stderr, flush=True)

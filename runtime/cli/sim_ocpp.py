@@ -6,7 +6,8 @@ The charge points are :class:`~protocols.sim.chargepoint.ChargePointSim` objects
 (:func:`protocols.sim.fleet.run_fleet` with ``retry=True``): a charge point that cannot connect (no
 central system yet, a refused handshake) is retried with exponential backoff and full jitter,
 ``--retry-base`` seconds doubling to ``--retry-cap``, until it connects, so the fleet may start before
-its central system; one that connected and lost its connection reconnects on its own. A malformed
+its central system; one that connected and lost its connection reconnects on its own. ``--control`` takes
+fault-injection commands on stdin (:mod:`protocols.sim.control`). A malformed
 ``--url`` is refused at once. Exit codes: 0 clean stop, 1 stopped before any charge point connected,
 2 bad options (argparse's usage error, or one line on stderr naming the URL and what is wrong with it).
 """
@@ -19,7 +20,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+from protocols.sim.control import ocpp_commands, serve_control
 from protocols.sim.fleet import check_url, fleet_ids, run_fleet
 
 from .argtypes import integer, log_level, number
@@ -64,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "doubling per failed attempt (random wait in it: full jitter; default 0.5)")
     parser.add_argument("--retry-cap", type=number(0, above=True), default=30.0, metavar="SECONDS",
                         help="the longest retry window in seconds (default 30)")
+    parser.add_argument("--control", action="store_true",
+                        help="take fault-injection commands on stdin, one a line (outage ID SECONDS, fault ID, "
+                             "clear ID, reboot ID); answers on stdout")
     parser.add_argument("--log-level", type=log_level, default=None, metavar="LEVEL",
                         help="DEBUG, INFO, WARNING or ERROR (default: WARNING, INFO with coordinator -v)")
     return parser
@@ -122,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / Windows
                 pass
+        sims: list[Any] = []
+        control = (loop.create_task(serve_control(lambda timed: ocpp_commands(lambda: sims, timed)),
+                                    name="sim-control") if args.control else None)
         try:
             fleet = await run_fleet(
                 args.url, args.count, args.version, args.id_prefix, stop=stop, retry=True,
@@ -129,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
                 accepted_unit=args.accepted_unit, password=args.password, meter_interval=args.meter_interval,
                 plug_in=args.plug_in, start_transactions=args.start_transactions, concurrency=args.concurrency,
                 validate=not args.no_validation, delay=args.delay, auto_reconnect=True,
-                per_charge_point=lambda cp_id: _tls_files(args, cp_id))
+                per_charge_point=lambda cp_id: _tls_files(args, cp_id), on_fleet=lambda f: sims.extend(f.order))
         finally:
+            if control is not None:
+                control.cancel()
+                await asyncio.gather(control, return_exceptions=True)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 try:
                     loop.remove_signal_handler(sig)

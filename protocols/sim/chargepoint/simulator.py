@@ -15,7 +15,8 @@ of its version, boots, reports its status, and then:
   ``meter_interval`` seconds of real time (0 = never periodically) and whenever its power changes;
 * fault injection: ``fault()``/``clear_fault()``, ``reboot()`` (close, reconnect, BootNotification;
   profiles and the transaction are lost unless ``keep_profiles_on_reboot``), ``drop()`` (abort the
-  TCP connection; ``reconnect()`` comes back without a BootNotification), ``set_delay(seconds)``
+  TCP connection; ``reconnect()`` comes back without a BootNotification), ``outage(seconds)`` (both, with
+  the reconnect retried), ``set_delay(seconds)``
   (answer every call late), ``set_reject_profiles(True)``, ``set_call_error(True)`` (answer every
   call with a CallError InternalError).
 
@@ -451,6 +452,13 @@ class ChargePointSim:
         """Abort the TCP connection (no closing handshake). ``reconnect()`` brings it back."""
         self._dropping = True
         await self._close(abort=True)
+
+    async def outage(self, seconds: float) -> None:
+        """A network outage: abort the connection, wait ``seconds``, then reconnect (without a
+        BootNotification), retried with backoff as after a lost link until it connects or the simulator stops."""
+        await self.drop()
+        await asyncio.sleep(seconds)
+        await self._reconnect_loop()
 
     async def reconnect(self, boot: bool = False) -> None:
         """Connect again; without ``boot``, report the status as a charger does after a network loss."""
