@@ -63,8 +63,8 @@ from typing import Any, Callable, Mapping
 import pykka
 
 from protocols.edge.channels import telemetry_values
-from protocols.edge.wire import (AckFrame, Cancel, CommandFrame, EdgeCommand, ErrorFrame, Hello, SiteState,
-                                 Telemetry, Welcome, WireError, encode, now_iso)
+from protocols.edge.wire import (AckFrame, Cancel, CommandFrame, Confirm, EdgeCommand, ErrorFrame, Hello,
+                                 SiteState, Telemetry, Welcome, WireError, encode, now_iso)
 from runtime.core.assets import AssetSpec
 from runtime.core.clock import Clock, to_datetime
 from runtime.core.cloud_log import CloudEntry, CloudLog
@@ -377,6 +377,8 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
             self._command(frame)
         elif isinstance(frame, Cancel):
             self._cancel(frame.command_id)
+        elif isinstance(frame, Confirm):
+            self._log.confirm_ids(frame.command_ids, self._clock.time())
         elif isinstance(frame, ErrorFrame):
             log.warning("edge link: the router says %s: %s%s", frame.code, frame.message,
                         f" (command {frame.command_id})" if frame.command_id else "")

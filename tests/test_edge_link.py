@@ -19,8 +19,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from actors.edge_link import EdgeLinkOptions
-from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, Hello, SiteState, Telemetry,
-                                 Welcome, decode, encode)
+from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, Confirm, Hello, SiteState,
+                                 Telemetry, Welcome, decode, encode)
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, RealClock, Site,
                      VirtualClock)
 from runtime.core.cloud_log import FINAL_ACKS, CloudLog
@@ -137,6 +137,12 @@ class FakeRouter:
     def online(self) -> bool:
         return self._ws is not None
 
+    def send_frame(self, frame: Any) -> None:
+        """Send any frame to the edge now (it must be online)."""
+        ws = self._ws
+        assert ws is not None, "the edge is not online"
+        self.io.call(ws.send(encode(frame)))
+
     def send(self, command: dict[str, Any], seq: int | None = None) -> int:
         """Queue a command (as a new seq unless ``seq``) and send it now when the edge is online."""
         with self._lock:
@@ -252,6 +258,24 @@ def test_settle_waits_for_the_cloud_link_too(tmp_path):
             assert site.settle()
             done = site.command(f"cloud:{second}")
             assert done is not None and done.status is S.COMPLETED, f"{second}: settle() returned early ({done})"
+
+
+def test_a_confirm_from_the_router_lets_a_final_command_go_without_a_reconnect(tmp_path):
+    """Only the confirmed command is forgotten once the dedupe window has passed; the unconfirmed one stays
+    (it waits for the router), however old."""
+    with FakeRouter() as router, make_site(router, tmp_path, dedupe_window_s=60) as site:
+        router.wait_session(1)
+        for cid in ("a", "b"):
+            router.send(command(cid, value=1_000))
+            router.wait_final(cid)
+        router.send_frame(Confirm(command_ids=["a", "unknown-id"]))   # an id it does not know: ignored
+        site.settle()
+        site.advance(2 * 3600)                                     # beyond the window and the prune interval
+        router.send(command("c", value=2_000))
+        router.wait_final("c")
+        site.settle()
+        assert edge_state(site)["log_entries"] == 2                  # b (unconfirmed) and c; a is gone
+        assert router.sessions == 1
 
 
 # ---- validation ------------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ def test_seed_command_online_is_executed_and_every_transition_audited(tmp_path: 
                 ("submit", "QUEUED"), ("state", "SENT"), ("state", "DELIVERED"), ("state", "ACCEPTED"),
                 ("state", "EXECUTED")]
             assert rows[0]["user_id"] == "user_456" and rows[0]["payload"]["value"] == 50000
+            # the final ack is stored: the edge may let the command go without waiting for a reconnect
+            await e.wait(lambda: e.confirmed == ["cmd_12345"], what="the final ack confirmed to the edge")
             await op.close()
             await e.close()
         run(body, 20)

@@ -60,7 +60,7 @@ from runtime.core.errors import CoordinatorError
 
 __all__ = [
     "VERSION", "WireError", "CommandType", "Priority", "AckStatus", "CloudStatus", "FINAL_CLOUD_STATUSES",
-    "Target", "EdgeCommand", "Ack", "Hello", "Welcome", "CommandFrame", "AckFrame", "Cancel", "Channel",
+    "Target", "EdgeCommand", "Ack", "Hello", "Welcome", "CommandFrame", "AckFrame", "Cancel", "Confirm", "Channel",
     "Device", "Capabilities", "Telemetry", "SiteState", "Submit", "Status", "Subscribe", "ErrorFrame", "Frame",
     "encode", "decode", "decode_command", "now_iso",
 ]
@@ -206,6 +206,15 @@ class Cancel(_Model):
     command_id: Id
 
 
+class Confirm(_Model):
+    """Router -> edge, during a session: the router has durably stored these commands' final acks, so the
+    edge need not keep them for the cloud any longer (it keeps them for its dedupe window). A ``welcome``
+    confirms the same way at the start of a session, by leaving their seqs out of ``pending``."""
+    v: Literal[1] = VERSION
+    type: Literal["confirm"] = "confirm"
+    command_ids: Annotated[list[Id], Field(min_length=1, max_length=10_000)]
+
+
 class Channel(_Model):
     """One controllable or readable point of a device, as the edge publishes it."""
 
@@ -285,8 +294,8 @@ class ErrorFrame(_Model):
 
 Hello.model_rebuild()
 
-Frame = Annotated[Union[Hello, Welcome, CommandFrame, AckFrame, Cancel, Capabilities, Telemetry, SiteState,
-                        Submit, Status, Subscribe, ErrorFrame], Field(discriminator="type")]
+Frame = Annotated[Union[Hello, Welcome, CommandFrame, AckFrame, Cancel, Confirm, Capabilities, Telemetry,
+                        SiteState, Submit, Status, Subscribe, ErrorFrame], Field(discriminator="type")]
 _FRAME: TypeAdapter[Any] = TypeAdapter(Frame)
 _COMMAND: TypeAdapter[EdgeCommand] = TypeAdapter(EdgeCommand)
 _MAX_FRAME = 1 << 20

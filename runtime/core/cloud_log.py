@@ -198,6 +198,19 @@ class CloudLog:
             self._write([{"k": "conf", "ids": ids, "at": now}])
         return ids
 
+    def confirm_ids(self, command_ids: Iterable[str], now: float) -> list[str]:
+        """The router says it has stored these commands' final acks (a ``confirm`` frame): each one whose
+        latest ack here is final is confirmed. Ids it does not know, or whose ack is not final, are
+        ignored. Returns the ids confirmed now."""
+        ids = []
+        for cid in dict.fromkeys(command_ids):
+            e = self._entries.get(cid)
+            if e is not None and e.final and not e.confirmed:
+                ids.append(cid)
+        if ids:
+            self._write([{"k": "conf", "ids": ids, "at": now}])
+        return ids
+
     def lease(self, command_id: str, asset_id: str, name: str, value: float, ends_at: float, now: float) -> Lease:
         """An override starts: ``name`` of ``asset_id`` is ``value`` until ``ends_at`` (site clock)."""
         self._write([{"k": "lease", "id": command_id, "asset": asset_id, "name": name, "value": float(value),

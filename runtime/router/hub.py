@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from protocols.edge.wire import VERSION, AckFrame, Cancel, EdgeCommand, ErrorFrame, Hello, Welcome, WireError
+from protocols.edge.wire import (VERSION, AckFrame, Cancel, Confirm, EdgeCommand, ErrorFrame, Hello, Welcome,
+                                 WireError)
 
 from .audit import AuditLog, AuditRow
 from .auth import Principal
@@ -38,7 +39,7 @@ from .edges import EdgeDirectory
 from .fleet import Fleet
 from .ratelimit import RateLimits
 from .registry import EdgeConn, EdgeRegistry
-from .states import (ACCEPTED, ACK_STATE, DELIVERED, QUEUED, SENT, TIMED_OUT, CommandRecord, next_state,
+from .states import (ACCEPTED, ACK_STATE, DELIVERED, FINAL, QUEUED, SENT, TIMED_OUT, CommandRecord, next_state,
                      payload_digest)
 from .store import Store
 from .validate import check_command
@@ -406,6 +407,7 @@ class Hub:
         if outcome == "ok" and rec is not None:
             self._audit("state", rec.state, rec, detail=frame.error)
             self._notify(rec)
+            self._confirm(conn, rec)
             return
         if outcome in ("missing", "foreign") or rec is None:
             self._audit("ack", "UNKNOWN", command_id=cid, edge_id=conn.edge_id, user=f"edge:{conn.edge_id}",
@@ -421,6 +423,24 @@ class Hub:
         self._audit("ack", rec.state, rec, detail=detail)
         if late:
             self._notify(rec, error=detail)
+        self._confirm(conn, rec)
+
+    def _confirm(self, conn: EdgeConn, rec: CommandRecord) -> None:
+        """Tell the edge, once the store has it durably, that the final ack of ``rec`` is here, so that its
+        log can let the command go (without this only the next ``welcome`` did, and a long session kept every
+        command). The ids of one loop turn go in one ``confirm`` frame; the outbox makes the store durable
+        before it sends anything."""
+        if rec.state not in FINAL or conn.closed:
+            return
+        conn.confirms.append(rec.command_id)
+        if len(conn.confirms) == 1:
+            asyncio.get_running_loop().call_soon(self._send_confirms, conn)
+
+    @staticmethod
+    def _send_confirms(conn: EdgeConn) -> None:
+        ids, conn.confirms = conn.confirms, []
+        if ids and not conn.closed:
+            conn.outbox.put(Confirm(command_ids=ids))
 
     def subscribers_changed(self) -> None:
         """A client subscribed or left: the fleet learns how many subscribed clients are here."""

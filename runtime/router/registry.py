@@ -42,6 +42,9 @@ class EdgeConn:
         self.wake = asyncio.Event()
         self.pump: asyncio.Task[None] | None = None
         self.closed = False
+        #: Ids whose final acks are stored and not yet confirmed to the edge (one ``confirm`` frame per loop
+        #: turn carries them all; see Hub.on_ack).
+        self.confirms: list[str] = []
 
     def __repr__(self) -> str:
         return f"<EdgeConn {self.edge_id} from {self.remote}>"

@@ -18,8 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from protocols.edge.channels import device_channels, site_channels
-from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, Device, EdgeCommand, ErrorFrame,
-                                 Hello, Status, Submit, Subscribe, Welcome, decode, encode, now_iso)
+from protocols.edge.wire import (AckFrame, Cancel, Capabilities, CommandFrame, Confirm, Device, EdgeCommand,
+                                 ErrorFrame, Hello, Status, Submit, Subscribe, Welcome, decode, encode, now_iso)
 
 __all__ = ["FakeEdge", "Operator", "battery_caps", "setpoint"]
 
@@ -98,6 +98,8 @@ class FakeEdge(_Waits):
         self.welcomes: list[Welcome] = []
         self.errors: list[ErrorFrame] = []
         self.cancels: list[str] = []
+        #: command ids the router confirmed (``confirm`` frames), in order
+        self.confirmed: list[str] = []
         self.ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self.closed_code: int | None = None
@@ -165,6 +167,8 @@ class FakeEdge(_Waits):
                     self.errors.append(frame)
                 elif isinstance(frame, Cancel):
                     self.cancels.append(frame.command_id)
+                elif isinstance(frame, Confirm):
+                    self.confirmed += frame.command_ids
                 self._poke()
         except ConnectionClosed as exc:
             self.closed_code = exc.rcvd.code if exc.rcvd else None
