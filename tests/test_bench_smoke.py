@@ -33,3 +33,14 @@ def test_quick_journal_bench_prints_its_figures_and_verdicts():
     assert run_bench(quick=True, only=["journal"], out=out) == 0
     text = out.getvalue()
     assert text.startswith("journal") and "bytes_per_command=" in text and "restart at day 3" in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("no_leaks")
+def test_quick_ocpp_bench_times_both_sides_and_stops_everything():
+    out = io.StringIO()
+    assert run_bench(quick=True, only=["ocpp"], out=out) == 0
+    line = out.getvalue().splitlines()[0]
+    assert line.startswith("ocpp single") and "ours_p99_ms=" in line and "bare_p99_ms=" in line
+    samples = int(line.split("samples=")[1].split()[0])
+    assert samples >= 50

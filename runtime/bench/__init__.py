@@ -11,6 +11,8 @@ Parts (``--only NAME`` to run one), one module each:
                  the bare-pykka ceiling measured in the same run; with the interpreter as an embedded
                  Site finds it, then with the site process's settings (``coordinator run``).
 * ``latency``    (:mod:`.latency`) one command at a time on an idle site with in-memory devices: p50/p99.
+* ``ocpp``       (:mod:`.ocpp_single`) one SetChargingProfile at a time through the site against a bare
+  ``ocpp`` library call in the same process: p50/p99 and their ratio (target 1.5x).
 * ``startup``    (:mod:`.startup`) start-up time, stop time and RSS of a site with 2,000 asset actors,
                  beside bare pykka starting 2,000 empty actors in the same run.
 * ``fleet``      (:mod:`.fleet`) one schedule step to 500 OCPP chargers + 50 Modbus batteries (simulators
@@ -107,6 +109,13 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
             (f"p99 < {TARGETS['latency_p99_ms']:g} ms", r["p99_ms"] < TARGETS["latency_p99_ms"]),
             ("every command COMPLETED", r["timeouts"] == 0)])
 
+    def ocpp() -> None:
+        from .ocpp_single import TARGET_RATIO, bench_ocpp_single
+        r = bench_ocpp_single(samples=n(50, 300))
+        print_figures(out, "ocpp single", r, [
+            (f"ours <= {TARGET_RATIO:g}x bare (p50)", (r["ratio_p50"] or 99) <= TARGET_RATIO),
+            (f"ours <= {TARGET_RATIO:g}x bare (p99)", (r["ratio_p99"] or 99) <= TARGET_RATIO)])
+
     def startup() -> None:
         from .startup import bench_bare_startup, bench_startup
         for pause_gc in (False, True):
@@ -154,7 +163,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
         run_cloud_bench_part(out, quick)
 
     parts: dict[str, Callable[[], None]] = {"schedule": schedule, "dispatcher": dispatcher, "throughput": throughput,
-                                            "latency": latency, "startup": startup,
+                                            "latency": latency, "ocpp": ocpp, "startup": startup,
                                             "fleet": fleet, "site": site, "journal": journal, "cloud": cloud}
     for name in only or list(parts):
         if name not in parts:

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``coordinator bench``, and its ``soak`` subcommand."""
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     parser.add_argument("--only", action="append", default=None,
-                        help="run only these parts (schedule, dispatcher, throughput, latency, startup, fleet, site, "
-                             "journal, cloud); repeatable")
+                        help="run only these parts (schedule, dispatcher, throughput, latency, ocpp, startup, fleet, "
+                             "site, journal, cloud); repeatable")
     sub = parser.add_subparsers(dest="bench", required=False, metavar="soak")
     soak_help = ("run the whole system with faults for a while (OCPP chargers and Modbus batteries on simulators, "
                  "a site with a schedule, the cloud router and a client); report commands/s, p99, RSS growth and "
