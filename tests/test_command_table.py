@@ -1037,3 +1037,101 @@ def test_a_retry_released_at_its_retry_time_is_due_at_once_and_leaves_no_deadlin
     t.set_available("a1", True, T + 2)  # released exactly at its retry time
     assert [c.command_id for c in t.due(T + 2)] == ["c1"]
     assert t.next_deadline() is None
+
+
+def test_add_refuses_anything_but_commands_naming_it_and_adds_nothing() -> None:
+    t = table()
+    with pytest.raises(TypeError, match=r"add: expected Command objects, got \('c2', 'a1'\)"):
+        t.add([cmd("c1"), ("c2", "a1")], T)  # type: ignore[list-item]
+    assert len(t) == 0 and t.get("c1") is None
+
+
+# ----------------------------------------------------------------------- restore from a compacted journal
+
+def test_restored_final_rows_are_known_without_a_snapshot_and_out_of_range_or_masked_rows_are_ignored() -> None:
+    b = make_batch("b", [0, 10, 20, 30], ["a1", "a2"], [0, 1, 0, 1])
+    t = table()
+    t.add_batch(b, T)
+    t.restore_mask("b", [1], T)
+    t.restore_final_rows("b", [0, 1, 4, 9, -1])  # b-1 is masked (SUPERSEDED), 4, 9 and -1 are no rows
+    assert t.get("b-0") is None and status(t, "b-1") is S.SUPERSEDED
+    assert t.counts()["PENDING"] == 2 and t.counts()["SUPERSEDED"] == 1 and len(t) == 3
+    assert t.add([cmd("b-0")], T) == []  # still known: never applied again
+    with pytest.raises(InvalidCommandTransition):
+        t.mark_dispatched("b-0", T)
+    created = [c.command.command_id for c in t.sweep(T + 30) if c.event is E.COMMAND_CREATED]
+    assert created == ["b-2", "b-3"]
+
+
+def test_restored_final_rows_at_the_head_of_a_batch_move_its_next_deadline_to_the_first_row_to_come() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 10, 20, 30], ["a1"], [0, 0, 0, 0]), T)
+    t.restore_final_rows("b", [0, 1])
+    assert t.next_deadline() == T + 20
+    t.restore_final_rows("b", [3, 2])  # now every row has ended: nothing left to wait for
+    assert t.next_deadline() is None and len(t) == 0
+    assert t.prune(T) == 0 and t.has_batch("b") and t.known_ids() == 1  # dropped, its id still known
+
+
+def test_a_send_with_a_granted_value_counts_an_attempt_like_any_send_and_records_what_was_granted() -> None:
+    t = table()
+    t.add([cmd("c1", value=11.0)], T)
+    t.sweep(T)
+    sent = t.mark_dispatched("c1", T, granted=7.4).command
+    assert sent.attempts == 1 and sent.granted == 7.4 and sent.value == 11.0
+    t.fail("c1", "busy", T + 1)
+    assert t.mark_dispatched("c1", T + 2, granted=6.0).command.attempts == 2
+
+
+def test_a_hold_of_a_retried_command_is_no_retry_and_carries_no_retry_time() -> None:
+    t = table()
+    dispatched(t, cmd("c1"))
+    assert t.fail("c1", "busy", T + 1)[0].retry_at == T + 2  # the first attempt failed: retried at T + 2
+    t.mark_dispatched("c1", T + 2)
+    held, released = t.hold("c1", "link down", T + 3)
+    assert held.command.status is S.HELD and held.retry_at is None and released.retry_at is None
+    t.mark_dispatched("c1", T + 3)
+    [held] = t.hold_in_flight("a1", "actor died", T + 4)
+    assert held.command.status is S.HELD and held.retry_at is None
+
+
+def test_an_id_one_past_the_last_row_of_a_stored_batch_is_a_plain_command() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0, 10], ["a1"], [0, 0]), T)
+    assert [c.command.command_id for c in t.add([cmd("b-2", asset="a2")], T)] == ["b-2"]
+    assert status(t, "b-2") is S.PENDING and t.get("b-2").asset_id == "a2" and len(t) == 3
+
+
+def test_rows_of_a_dropped_batch_can_be_neither_sent_nor_rejected() -> None:
+    t = table()
+    t.add_batch(make_batch("b", [0], ["a1"], [0]), T)
+    t.sweep(T)
+    t.reject("b-0", "x", T)
+    assert t.prune(T + 1) == 1 and t.has_batch("b") and len(t) == 0  # the batch is dropped, its ids known
+    with pytest.raises(InvalidCommandTransition, match="final"):
+        t.mark_dispatched("b-0", T + 1)
+    assert t.reject("b-0", "again", T + 1) == [] and t.get("b-0") is None
+
+
+def test_releasing_or_holding_a_retry_pending_command_is_no_new_retry_and_carries_no_retry_time() -> None:
+    t = table()
+    dispatched(t, cmd("c1"))
+    t.set_available("a1", False, T)
+    assert t.fail("c1", "busy", T + 1)[0].retry_at == T + 2  # retried, and held while its asset is away
+    [released] = t.set_available("a1", True, T + 1.5)
+    assert released.command.status is S.PENDING and released.retry_at is None
+    [held] = t.set_available("a1", False, T + 1.6)
+    assert held.command.status is S.HELD and held.retry_at is None
+    t.set_available("a1", True, T + 2)
+    sent = t.mark_dispatched("c1", T + 2)
+    assert sent.retry_at is None and t.acknowledge("c1", T + 3)[0].retry_at is None
+    assert t.complete("c1", T + 4)[0].retry_at is None
+
+
+def test_any_positive_number_of_seconds_is_a_valid_timeout_fractions_included() -> None:
+    t = table(ack_timeout_s=0.5, completion_timeout_s=1, dedupe_window_s=0.25)
+    t.set_ack_timeout("a2", 0.1)
+    assert (t.ack_timeout("a1"), t.ack_timeout("a2"), t.completion_timeout_s, t.dedupe_window_s) == \
+        (0.5, 0.1, 1.0, 0.25)
+    dispatched(t, cmd("c1"))
+    assert t.next_deadline() == T + 0.5

@@ -111,3 +111,20 @@ def test_known_ids_stay_bounded_by_what_ended_within_the_window():
         run(table, now)
         table.prune(now - 3600)
     assert table.known_ids() <= 300
+
+
+def test_a_batch_dropped_before_its_rows_were_due_stays_known_until_the_window_after_its_last_row():
+    table = CommandTable(dedupe_window_s=1 * DAY)
+    n = 2
+    batch = CommandBatch("plan", times=NOW + 5 * DAY + 300.0 * np.arange(n), asset_codes=np.zeros(n, dtype=int),
+                         assets=("ev-1",), type_codes=np.full(n, CommandBatch.type_code(T.SET_CHARGE_RATE)),
+                         values=np.arange(n, dtype=float), created_at=NOW)
+    table.add_batch(batch, NOW)
+    table.supersede_future(["ev-1"], NOW, NOW)          # replaced long before its rows were due
+    assert table.prune(NOW + 1) == n and table.known_ids() == 1
+    later = NOW + 5 * DAY + 600                          # the window since it was dropped has passed, not
+    table.prune(later)                                   # the window after its rows' times
+    assert table.known_ids() == 1
+    assert table.add_batch(batch, later) == [] and run(table, later) == []   # the same file again: a no-op
+    table.prune(NOW + 6 * DAY + 301)                     # every row's implicit expiry has passed now
+    assert table.known_ids() == 0

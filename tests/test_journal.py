@@ -853,3 +853,56 @@ def test_a_journal_cut_short_while_it_is_read_ends_at_its_last_whole_record(tmp_
         os.truncate(path, offs[1] + 5000)  # someone cuts the file while it is being read
         assert list(reader) == []
     assert "truncated payload" in caplog.text
+
+
+def test_a_last_frame_whose_length_runs_past_the_end_is_a_torn_tail_whatever_bytes_are_there(tmp_path, caplog):
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:3])
+    offs = offsets(path)
+    flip(path, offs[2] + 4)  # the last record is damaged ...
+    with open(path, "ab") as f:  # ... and after it a frame of 100 bytes was cut after its first byte, which
+        f.write(struct.pack("<II", 100, zlib.crc32(b"\x80")) + b"\x80")  # happens to match the CRC
+    size = os.path.getsize(path)
+    with caplog.at_level(logging.WARNING, logger="runtime.core.journal"):
+        assert list(Journal.read(path)) == RECORDS[:2]
+    assert f"skipping {size - offs[2]} trailing bytes" in caplog.text
+    with Journal(path) as j:
+        assert j.truncated_bytes == size - offs[2] and j.records_at_open == 2
+
+
+def test_a_record_of_exactly_the_largest_length_the_field_can_hold_is_not_refused(tmp_path):
+    class Largest(bytes):
+        def __len__(self) -> int:
+            return 2**32 - 1  # what a u32 length can say
+
+    class LargestPacker:
+        def pack(self, record):
+            return Largest(b"\x80")
+
+    with Journal(tmp_path / "j.journal", fsync="never") as j:
+        j._packer = LargestPacker()
+        j.append({"a": 1})
+        j.append_many([{"a": 1}])
+
+
+def test_opening_for_append_checks_framing_and_crc_of_every_record_but_decodes_only_header_and_last(tmp_path):
+    # The documented start-up cost: a record with a good CRC was written whole by a writer that only
+    # writes maps, so only the last record (a possible torn leftover) is worth decoding. A full read
+    # decodes everything and refuses what is not a map.
+    path = tmp_path / "j.journal"
+    write(path, RECORDS[:1])
+    with open(path, "ab") as f:
+        f.write(frame(msgpack.packb([1, 2, 3])) + frame(msgpack.packb(RECORDS[1], use_bin_type=True)))
+    size = os.path.getsize(path)
+    with Journal(path) as j:
+        assert j.records_at_open == 3 and j.truncated_bytes == 0 and j.size == size
+    with pytest.raises(JournalCorrupt, match="payload is a list, not a map"):
+        list(Journal.read(path))
+
+
+def test_compaction_returns_the_size_of_the_file_it_wrote(tmp_path):
+    path = tmp_path / "j.journal"
+    assert Journal.compact(path, RECORDS) == os.path.getsize(path)
+    assert Journal.compact(path, [], durable=False) == os.path.getsize(path) == len(EMPTY)
+    big = [{"n": i, "pad": b"x" * 1000} for i in range(2500)]  # written in more than one chunk
+    assert Journal.compact(path, big, durable=False) == os.path.getsize(path) > 2 * (1 << 20)

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from runtime import JournalError, JournalUnsupported
-from runtime.core.journal import MAGIC, MAGIC_V1, Journal, JournalCorrupt
+from runtime.core.journal import MAGIC, MAGIC_V1, Journal, JournalCorrupt, header_record
 from runtime.core.recovery import recover, recover_files
 
 
@@ -108,3 +108,66 @@ def test_a_version_2_file_whose_first_record_is_not_a_header_is_corrupt(tmp_path
     path.write_bytes(MAGIC + frame({"k": "n"}) + frame({"k": "n"}))
     with pytest.raises(JournalCorrupt, match="header record"):
         list(Journal.read(path))
+
+
+def test_a_header_record_that_names_another_version_is_refused_and_left_as_it_is(tmp_path):
+    path = tmp_path / "commands.jnl"
+    data = MAGIC + frame({"k": "hdr", "v": 3, "req": [], "opt": []}) + frame({"k": "n"})
+    path.write_bytes(data)
+    for attempt in (lambda: list(Journal.read(path)), lambda: Journal(path), lambda: recover(path)):
+        with pytest.raises(JournalUnsupported, match="says version 3 in a version-2 file") as info:
+            attempt()
+        assert info.value.version == 3 and info.value.kind is None and str(path) in str(info.value)
+    assert path.read_bytes() == data
+
+
+def test_a_first_record_that_is_not_a_header_is_refused_even_when_it_carries_a_version(tmp_path):
+    path = tmp_path / "j.jnl"
+    path.write_bytes(MAGIC + frame({"k": "n", "v": 2}) + frame({"k": "n"}))
+    with pytest.raises(JournalCorrupt, match="is not its header record") as info:
+        list(Journal.read(path))
+    assert info.value.offset == len(MAGIC)
+
+
+def test_the_refusal_of_an_unknown_kind_says_why_the_kind_is_unknown(tmp_path):
+    v2, v1 = tmp_path / "a.jnl", tmp_path / "b.jnl"
+    with Journal(v2) as j:
+        j.append({"k": "mystery"})
+    with pytest.raises(JournalUnsupported, match="not declared in the file's header"):
+        recover(v2)
+    v1.write_bytes(MAGIC_V1 + frame({"k": "mystery"}))
+    with pytest.raises(JournalUnsupported, match="not a kind version-1 journals hold"):
+        recover(v1)
+
+
+def test_header_record_sorts_and_deduplicates_kinds_and_refuses_metadata_that_overrides_them(tmp_path):
+    assert header_record() == {"k": "hdr", "v": 2, "req": [], "opt": []}
+    assert header_record(["t", "n", "t"], ["note"], {"s": "commands"}) == \
+        {"k": "hdr", "v": 2, "req": ["n", "t"], "opt": ["note"], "s": "commands"}
+    for key in ("k", "v", "req", "opt"):
+        with pytest.raises(ValueError, match=f"header metadata cannot override '{key}'"):
+            header_record(meta={key: 1})
+    with pytest.raises(ValueError, match="cannot override 'v'"):
+        Journal(tmp_path / "j.jnl", meta={"v": 1})
+    assert list(tmp_path.iterdir()) == []  # refused before the file was created
+
+
+def test_read_header_reads_only_the_header_so_later_damage_does_not_matter(tmp_path, caplog):
+    path = tmp_path / "j.jnl"
+    with Journal(path, kinds=["n"], meta={"s": "commands"}) as j:
+        j.append_many([{"k": "n", "i": i} for i in range(3)])
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF           # damage in the last record: a torn tail for a full read
+    path.write_bytes(bytes(data) + frame({"k": "n", "i": 9}))   # and now corruption in the middle
+    with caplog.at_level(logging.WARNING):
+        header = Journal.read_header(path)
+    assert header.version == 2 and header.required == {"n"} and header.meta == {"s": "commands"}
+    assert caplog.records == []  # the records after the header were not even looked at
+    with pytest.raises(JournalCorrupt):
+        list(Journal.read(path))
+
+
+def test_a_header_shows_its_path_version_required_kinds_and_metadata(tmp_path):
+    path = tmp_path / "j.jnl"
+    Journal(path, kinds=["t", "n"], meta={"s": "commands"}).close()
+    assert repr(Journal.read_header(path)) == f"<JournalHeader {path} v2 req=['n', 't'] {{'s': 'commands'}}>"

@@ -29,11 +29,12 @@ than the timeout (counted as detected); *survived* otherwise. Score = (killed + 
 (sampled - equivalent). ``--equivalent FILE`` lists survivor ids judged equivalent, one per line as
 ``ID  -- reason`` (``#`` starts a comment line); a listed mutant that is killed is reported.
 
-Usage (from the repository root)::
+Usage (from the repository root; pytest runs under the interpreter that runs this script, or ``--python``,
+so a git worktree without its own ``.venv`` can use another checkout's)::
 
     .venv/bin/python tests/tools/mutate.py --module runtime/core/journal.py \
-        --tests tests/test_journal.py --sample 150 --seed 0 \
-        --equivalent tests/tools/equivalent/journal.txt
+        --tests tests/test_journal.py tests/test_journal_format.py tests/test_journal_streams.py \
+        tests/test_compaction.py --sample 150 --seed 0 --equivalent tests/tools/equivalent/journal.txt
 
 ``--list`` prints the sampled mutants without running them; ``--only ID`` (repeatable) runs just
 those mutants (they need not be in the sample).
@@ -43,10 +44,12 @@ The core modules and their own tests (the equivalent lists are ``tests/tools/equ
 =================================  ==================================================================
 module                             tests
 =================================  ==================================================================
-runtime/core/journal.py            tests/test_journal.py
+runtime/core/journal.py            tests/test_journal.py tests/test_journal_format.py
+                                   tests/test_journal_streams.py tests/test_compaction.py
 runtime/core/schedule.py           tests/test_schedule.py
 runtime/core/statemachine.py       tests/test_statemachine.py
-runtime/core/command_table.py      tests/test_command_table.py
+runtime/core/command_table.py      tests/test_command_table.py tests/test_dedupe.py
+                                   tests/test_compaction.py tests/test_journal_streams.py
 protocols/modbus/register_map.py   tests/test_modbus_link.py tests/test_modbus_sim.py
                                    tests/test_modbus_faults.py tests/test_e2e_modbus.py
                                    tests/test_modbus_site.py (every test file that uses the maps)
@@ -434,10 +437,12 @@ def read_equivalents(path: str | None) -> dict[str, str]:
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
-            ident, sep, reason = line.partition("--")
-            if not sep or not reason.strip():
+            # split at the first blank: ids may hold "--" themselves (``L12C7-bin--+``: '-' -> '+')
+            ident, _, rest = line.partition(" ")
+            sep, reason = rest.strip()[:2], rest.strip()[2:]
+            if sep != "--" or not reason.strip():
                 raise SystemExit(f"{path}:{n}: expected 'ID  -- reason', got {line!r}")
-            out[ident.strip()] = reason.strip()
+            out[ident] = reason.strip()
     return out
 
 
