@@ -341,7 +341,7 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
 
     @handles(Ping)
     def _ping(self, message: Ping) -> Pong:
-        return Pong(self._handled, {"queued": len(self._queue)})
+        return Pong(self._handled)
 
     @handles(GetEdgeState)
     def _get_state(self, message: GetEdgeState) -> dict[str, Any]:

@@ -432,8 +432,8 @@ class Site:
         switches the cloud set), ``sessions`` (how many sessions it has opened), ``log_entries`` (the commands
         its log ``cloud.jnl`` holds in memory). Asked from the caller's thread (bounded wait).
         :raises SiteNotRunning: the site is not running."""
-        self._require("dispatcher")
         if self._cloud is None:
+            self._require("dispatcher")
             return None
         return dict(self._actor("edge").ask(GetEdgeState(), timeout=ASK_TIMEOUT_S))
 
@@ -442,9 +442,9 @@ class Site:
         of the running loop that gets the actor's answer (or its exception).
 
         ``target`` is "dispatcher", "supervisor", "events", "edge" (the cloud link) or an actor ref (an asset
-        actor's, from the supervisor). The actor answers through a :class:`~actors.handlers.Request`; no thread waits for
-        it. Await it with a timeout (``asyncio.timeout``): an actor that dies before answering leaves it
-        pending."""
+        actor's, from the supervisor). The actor answers through a :class:`~actors.handlers.Request`; no
+        thread waits for it. Await it with a timeout (``asyncio.timeout``): an actor that dies before
+        answering leaves it pending."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
 

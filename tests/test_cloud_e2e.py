@@ -17,38 +17,18 @@ from protocols.edge.wire import FINAL_CLOUD_STATUSES as FINAL
 
 from tests.asyncsupport import wait_until
 from tests.servers import EDGE_SECRETS, RouterProcess, free_port, http, router_table, token, write_toml
-from tests.test_service_run import SiteProcess
+from tests.test_service_run import SiteProcess, site_file
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("no_leaks")]
 
 
 
-def site_file(tmp_path: Path, router_port: int) -> Path:
-    path = tmp_path / "site.toml"
-    path.write_text(f"""
-[[assets]]
-id = "ev-1"
-kind = "charger"
-max_kw = 22
-ocpp = {{ charge_point_id = "CP0001" }}
-
-[[assets]]
-id = "bat-1"
-kind = "battery"
-max_charge_kw = 50
-max_discharge_kw = 50
-modbus = {{ host = "127.0.0.1", port = 502, poll_interval_s = 1.0 }}
-
-[ocpp]
-host = "127.0.0.1"
-port = {free_port()}
-
-[journal]
-dir = "journal"
-
-[http]
-listen = "127.0.0.1:0"
-
+def cloud_site_file(tmp_path: Path, router_port: int) -> Path:
+    """The site of the service tests (a charger, a battery; --simulate gives each a simulator) with a [cloud]
+    section that connects it to the router as edge e1."""
+    path = site_file(tmp_path, free_port(), battery_port=502)
+    with path.open("a") as f:
+        f.write(f"""
 [cloud]
 url = "ws://127.0.0.1:{router_port}/ws/edge"
 edge_id = "e1"
@@ -126,7 +106,7 @@ def start_site(path: Path) -> SiteProcess:
 
 
 def test_a_setpoint_for_a_battery_and_one_for_a_charger_are_executed_by_the_devices(tmp_path, cloud):
-    site = start_site(site_file(tmp_path, cloud.port))
+    site = start_site(cloud_site_file(tmp_path, cloud.port))
     try:
         wait_until(cloud.edge_online, 30, "the edge online at the router")
         link = wait_until(lambda: (lambda s: s if s["ready"] else None)(site.get("/api/v1/cloud")), 10,
@@ -150,7 +130,7 @@ def test_a_setpoint_for_a_battery_and_one_for_a_charger_are_executed_by_the_devi
 
 
 def test_commands_sent_while_the_site_process_is_dead_are_executed_in_order_when_it_is_back(tmp_path, cloud):
-    path = site_file(tmp_path, cloud.port)
+    path = cloud_site_file(tmp_path, cloud.port)
     site = start_site(path)
     try:
         wait_until(cloud.edge_online, 30, "the edge online at the router")
@@ -175,7 +155,7 @@ def test_commands_sent_while_the_site_process_is_dead_are_executed_in_order_when
 
 
 def test_a_router_killed_after_accepting_a_command_delivers_it_once_when_it_is_back(tmp_path, cloud):
-    site = start_site(site_file(tmp_path, cloud.port))
+    site = start_site(cloud_site_file(tmp_path, cloud.port))
     try:
         wait_until(cloud.edge_online, 30, "the edge online at the router")
         cloud.stop()                          # a clean stop, then a command queued before a crash:

@@ -124,7 +124,8 @@ def statuses(site: SiteProcess) -> dict[str, str]:
     return {f"plan-1-{i}": site.get(f"/api/v1/commands/plan-1-{i}")["status"] for i in range(6)}
 
 
-def _site_file(tmp_path: Path, ocpp_port: int, battery_port: int) -> Path:
+def site_file(tmp_path: Path, ocpp_port: int, battery_port: int) -> Path:
+    """A site of one OCPP charger (CP0001) and one Modbus battery, journal and HTTP API on."""
     path = tmp_path / "site.toml"
     path.write_text(f"""
 [[assets]]
@@ -159,7 +160,7 @@ def test_after_kill_9_a_restart_completes_every_accepted_command_and_reapplies_n
     stop = asyncio.Event()
     fleet_future = io.submit(run_fleet(f"ws://127.0.0.1:{ocpp_port}", 1, "1.6", "CP", stop=stop, retry=True,
                                        retry_base=0.05, retry_cap=0.5, meter_interval=0, auto_reconnect=True))
-    path = _site_file(tmp_path, ocpp_port, battery.port)
+    path = site_file(tmp_path, ocpp_port, battery.port)
     first = SiteProcess(path)
     second: SiteProcess | None = None
     try:

@@ -65,11 +65,12 @@ def test_run_simulate_connects_its_chargers_under_every_security_profile(tmp_pat
         wait_until(lambda: site.asset_status("ev-1").link == "up", 20, "the simulated charger connected")
         site.submit(Command("c1", "ev-1", CommandType.SET_CHARGE_RATE, 11.0, site.clock.now()))
         wait_until(lambda: site.command("c1").status is CommandStatus.COMPLETED, 20, "c1 COMPLETED")
-        pki = process.simulators._pki_dir
+        assert process.simulators.security is not None
+        pki = process.simulators.security.directory
         assert (pki is not None) is (profile >= 2)
     finally:
         process.shutdown()
-    assert process.simulators._pki_dir is None                    # the throwaway certificates are gone
+    assert pki is None or not Path(pki).exists()                  # the throwaway certificates are gone
 
 
 def test_the_throwaway_pki_names_each_charge_point_and_refuses_a_bad_profile(tmp_path):
@@ -163,7 +164,8 @@ def test_sim_ocpp_connects_a_fleet_under_profile_3_with_a_certificate_per_charge
 @pytest.mark.parametrize("args, said", [
     (("--url", "ws://127.0.0.1:9000", "--ca-cert", "ca.pem"), "need a wss:// --url"),
     (("--url", "wss://127.0.0.1:9000", "--ca-cert", "nowhere/ca.pem"), "--ca-cert 'nowhere/ca.pem'"),
-    (("--url", "wss://127.0.0.1:9000", "--client-cert", "certs/{id}.pem"), "'certs/CP0001.pem' (for charge point CP0001)"),
+    (("--url", "wss://127.0.0.1:9000", "--client-cert", "certs/{id}.pem"),
+     "'certs/CP0001.pem' (for charge point CP0001)"),
     (("--url", "wss://127.0.0.1:9000", "--client-key", "k.pem"), "--client-key: give --client-cert too"),
 ])
 def test_sim_ocpp_refuses_tls_options_that_cannot_work(tmp_path, args, said):

@@ -171,8 +171,8 @@ def _new_fleet(url: str, count: int, version: Literal["1.6", "2.0.1"], id_prefix
                per_charge_point: Callable[[str], Mapping[str, Any]] | None = None, **kw: Any) -> Fleet:
     """``count`` simulators (ids from :func:`fleet_ids`), none started yet: all pending. ``per_charge_point``
     gives keyword arguments of one charge point (its own password or client certificate, say)."""
-    return Fleet([], [], [ChargePointSim(cp_id, url, version, **kw, **(per_charge_point(cp_id) if per_charge_point
-                                                                       else {}))
+    own = per_charge_point or (lambda cp_id: {})
+    return Fleet([], [], [ChargePointSim(cp_id, url, version, **kw, **own(cp_id))
                           for cp_id in fleet_ids(count, id_prefix)])
 
 

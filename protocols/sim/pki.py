@@ -23,11 +23,12 @@ profile   central system                              each charge point
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["SimulatedSecurity", "simulated_security"]
+__all__ = ["SimulatedSecurity", "simulated_security", "temporary_security"]
 
 #: Charge point ids that are also valid DNS labels get a DNS subjectAltName too (a certificate needs one).
 _DNS_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -41,6 +42,19 @@ class SimulatedSecurity:
     profile: int
     server: Mapping[str, Any]
     clients: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The folder of the PEM files when this object owns it (:func:`temporary_security`); :meth:`close`
+    #: removes it.
+    scratch: "tempfile.TemporaryDirectory[str] | None" = field(default=None, compare=False, repr=False)
+
+    @property
+    def directory(self) -> str | None:
+        """The folder this object owns (its certificates are in it), or None."""
+        return self.scratch.name if self.scratch is not None else None
+
+    def close(self) -> None:
+        """Remove the folder this object owns, if any (idempotent)."""
+        if self.scratch is not None:
+            self.scratch.cleanup()
 
     def charge_point(self, cp_id: str) -> dict[str, Any]:
         """Keyword arguments of :class:`~protocols.sim.chargepoint.ChargePointSim` for ``cp_id``."""
@@ -82,19 +96,37 @@ def simulated_security(profile: int, ids: Iterable[str], directory: str | Path |
         ca_cert = folder / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_cert))
         leaf = ca.issue_cert("127.0.0.1", "localhost", common_name="central system (simulated)")
-        tls_cert, tls_key = folder / "central-system.pem", folder / "central-system.key"
-        tls_cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
-        leaf.private_key_pem.write_to_path(str(tls_key))
-        server.update(tls_cert=str(tls_cert), tls_key=str(tls_key))
+        tls_cert, tls_key = _write_leaf(leaf, folder, "central-system")
+        server.update(tls_cert=tls_cert, tls_key=tls_key)
         for n, cp_id in enumerate(ids):
             clients[cp_id]["ca_cert"] = str(ca_cert)
             if profile == 3:
                 san = cp_id if _DNS_LABEL.match(cp_id) else f"cp{n}.invalid"
-                client = ca.issue_cert(san, common_name=cp_id)
-                cert, key = folder / f"cp{n}.pem", folder / f"cp{n}.key"
-                cert.write_bytes(b"".join(pem.bytes() for pem in client.cert_chain_pems))
-                client.private_key_pem.write_to_path(str(key))
-                clients[cp_id].update(client_cert=str(cert), client_key=str(key))
+                cert, key = _write_leaf(ca.issue_cert(san, common_name=cp_id), folder, f"cp{n}")
+                clients[cp_id].update(client_cert=cert, client_key=key)
         if profile == 3:
             server["ca_cert"] = str(ca_cert)
     return SimulatedSecurity(profile, server, clients)
+
+
+def temporary_security(profile: int, ids: Iterable[str], passwords: Mapping[str, str] | None = None,
+                       prefix: str = "coordinator-sim-pki-") -> SimulatedSecurity:
+    """:func:`simulated_security` with, under profiles 2 and 3, a temporary folder of its own for the PEM
+    files (``directory``), removed by :meth:`SimulatedSecurity.close`."""
+    if profile < 2:
+        return simulated_security(profile, ids, None, passwords)
+    scratch = tempfile.TemporaryDirectory(prefix=prefix)
+    try:
+        made = simulated_security(profile, ids, scratch.name, passwords)
+    except BaseException:
+        scratch.cleanup()
+        raise
+    return SimulatedSecurity(made.profile, made.server, made.clients, scratch)
+
+
+def _write_leaf(leaf: Any, folder: Path, name: str) -> tuple[str, str]:
+    """Write a trustme leaf certificate (with its chain) and its key as ``<name>.pem`` / ``<name>.key``."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    return str(cert), str(key)

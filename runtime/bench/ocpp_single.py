@@ -38,6 +38,7 @@ def bench_ocpp_single(samples: int = 300, warmup: int = 20, block: int = 25) -> 
     """See the module docstring. Every simulator, loop and the site are stopped before it returns."""
     from protocols.ocpp.link import OcppChargerLink
     from protocols.sim.chargepoint import ChargePointSim
+    from protocols.sim.fleet import stop_on
     from runtime.core.assets import ChargerSpec
     from runtime.core.commands import Command, CommandType
     from runtime.core.events import Event, EventType
@@ -86,7 +87,8 @@ def bench_ocpp_single(samples: int = 300, warmup: int = 20, block: int = 25) -> 
 
                 async def serve() -> Any:
                     from websockets.asyncio.server import serve as ws_serve
-                    return await ws_serve(handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+                    return await ws_serve(handler, "127.0.0.1", 0,
+                                          subprotocols=["ocpp1.6"])  # type: ignore[list-item]
 
                 server = asyncio.run_coroutine_threadsafe(serve(), bare_loop).result(10)
                 port = server.sockets[0].getsockname()[1]
@@ -124,18 +126,13 @@ def bench_ocpp_single(samples: int = 300, warmup: int = 20, block: int = 25) -> 
                             if got is not None and j > warmup:
                                 into.append(got)
     finally:
-        for sim in started:
-            try:
-                sims.call(sim.stop(), timeout=10)
-            except Exception:
-                pass
+        stop_on(sims, started)
         if server is not None:
             server.close()
             asyncio.run_coroutine_threadsafe(server.wait_closed(), bare_loop).result(10)
         bare_loop.call_soon_threadsafe(bare_loop.stop)
         bare_thread.join(10)
         bare_loop.close()
-        sims.stop()
     r = {"samples": min(len(ours), len(bare)), "ours_p50_ms": _ms(ours, 0.5), "ours_p99_ms": _ms(ours, 0.99),
          "bare_p50_ms": _ms(bare, 0.5), "bare_p99_ms": _ms(bare, 0.99)}
     r["ratio_p50"] = round(r["ours_p50_ms"] / r["bare_p50_ms"], 2) if r["bare_p50_ms"] else None

@@ -192,21 +192,18 @@ class CloudLog:
         """A ``welcome`` listed ``pending``: every final ack whose seqs are not among them is confirmed
         (the cloud has it). Returns the ids confirmed now."""
         waiting = set(pending)
-        ids = [e.command_id for e in self._entries.values()
-               if e.final and not e.confirmed and not waiting.intersection(e.seqs)]
-        if ids:
-            self._write([{"k": "conf", "ids": ids, "at": now}])
-        return ids
+        return self._confirm((e for e in self._entries.values() if not waiting.intersection(e.seqs)), now)
 
     def confirm_ids(self, command_ids: Iterable[str], now: float) -> list[str]:
         """The router says it has stored these commands' final acks (a ``confirm`` frame): each one whose
         latest ack here is final is confirmed. Ids it does not know, or whose ack is not final, are
         ignored. Returns the ids confirmed now."""
-        ids = []
-        for cid in dict.fromkeys(command_ids):
-            e = self._entries.get(cid)
-            if e is not None and e.final and not e.confirmed:
-                ids.append(cid)
+        known = (self._entries[cid] for cid in dict.fromkeys(command_ids) if cid in self._entries)
+        return self._confirm(known, now)
+
+    def _confirm(self, entries: Iterable[CloudEntry], now: float) -> list[str]:
+        """Confirm those of ``entries`` whose latest ack is final and not yet confirmed (one journal record)."""
+        ids = [e.command_id for e in entries if e.final and not e.confirmed]
         if ids:
             self._write([{"k": "conf", "ids": ids, "at": now}])
         return ids

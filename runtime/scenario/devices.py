@@ -8,10 +8,10 @@ each action is one of its knobs. Fast, and on a virtual clock exactly repeatable
 own central system and are driven through :class:`~protocols.ocpp.link.OcppChargerLink`; an EV is
 plugged in and charging at each one from the start, so that the charger's power follows its profile
 (MeterValues report it); with ``security_profile`` 1-3 they connect under that OCPP security profile
-(:mod:`protocols.sim.pki`: passwords, and a throwaway CA for TLS). Batteries are :class:`~protocols.sim.battery.BatterySim` pymodbus servers
-(default register map, SoC integrated on the site clock) behind
-:class:`~protocols.modbus.link.ModbusBatteryLink`. The simulators run on an I/O thread of their own, as
-devices elsewhere would. Each action maps onto the simulator's own fault injection:
+(:mod:`protocols.sim.pki`: passwords, and a throwaway CA for TLS). Batteries are
+:class:`~protocols.sim.battery.BatterySim` pymodbus servers (default register map, SoC integrated on the
+site clock) behind :class:`~protocols.modbus.link.ModbusBatteryLink`. The simulators run on an I/O thread of
+their own, as devices elsewhere would. Each action maps onto the simulator's own fault injection:
 
 ==========  ===================================================  ===============================================
 action      charger (ChargePointSim)                              battery (BatterySim)
@@ -152,7 +152,6 @@ class SimDevices:
         self.batteries: dict[str, Any] = {}
         self._links: dict[str, CrashableLink] = {}
         self._security: Any = None
-        self._pki_dir: Any = None
         self._ack_timeout_s = scenario.timeouts.ack_timeout_s
 
     def links(self) -> dict[str, DeviceLink]:
@@ -180,14 +179,9 @@ class SimDevices:
     def site_options(self) -> dict[str, Any]:
         if not any(a.kind == "charger" for a in self.scenario.assets):
             return {}
-        import tempfile
-
-        from protocols.sim.pki import simulated_security
+        from protocols.sim.pki import temporary_security
         ids = [a.id for a in self.scenario.assets if a.kind == "charger"]
-        profile = self.scenario.security_profile
-        if profile >= 2:
-            self._pki_dir = tempfile.TemporaryDirectory(prefix="scenario-pki-")
-        self._security = simulated_security(profile, ids, self._pki_dir.name if self._pki_dir else None)
+        self._security = temporary_security(self.scenario.security_profile, ids, prefix="scenario-pki-")
         return {"ocpp": {"host": "127.0.0.1", "port": 0, "response_timeout": 5.0, "reconnect_grace": 0.3,
                          "allow_ids": ids, **self._security.server}}
 
@@ -271,9 +265,8 @@ class SimDevices:
     def stop(self) -> None:
         from protocols.sim.fleet import stop_on
         stop_on(self.io, [*self.chargers.values(), *self.batteries.values()])
-        if self._pki_dir is not None:
-            self._pki_dir.cleanup()
-            self._pki_dir = None
+        if self._security is not None:
+            self._security.close()
 
 
 def _wait(site: "Site", done: Callable[[], bool], timeout: float) -> bool:

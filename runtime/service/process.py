@@ -15,15 +15,16 @@ Shutdown on a signal, bounded by ``[shutdown] timeout_s`` (default 10 s):
 4. exit 0.
 
 Interpreter settings (:func:`tune_interpreter`, on by default here, never in an embedded
-:class:`~runtime.site.Site`, whose host application owns its interpreter): the garbage collector is
-paused while the site starts (it allocates the long-lived objects of every asset at once, and the
-collections then find nothing to free); once the site has started, the objects that live for the whole run (actors, specs, links, recovered commands) are collected once and
-frozen out of the garbage collector (``gc.freeze()``), so later collections do not walk them again; and
-the GIL switch interval is raised from CPython's 5 ms to :data:`SWITCH_INTERVAL_S`, so that the one
-thread per asset hand the GIL over less often under load (a thread that blocks or waits hands it over
-at once, whatever the interval). ``SiteProcess(tune=False)`` leaves the interpreter as it is.
+:class:`~runtime.site.Site`, whose host application owns its interpreter): the garbage collector is paused
+while the site starts (it allocates the long-lived objects of every asset at once, and the collections then
+find nothing to free); once the site has started, the objects that live for the whole run (actors, specs,
+links, recovered commands) are collected once and frozen out of the garbage collector (``gc.freeze()``), so
+later collections do not walk them again; and the GIL switch interval is raised from CPython's 5 ms to
+:data:`SWITCH_INTERVAL_S`, so that the one thread per asset hand the GIL over less often under load (a
+thread that blocks or waits hands it over at once, whatever the interval). ``SiteProcess(tune=False)``
+leaves the interpreter as it is.
 
-A site that fails on its own (its dispatcher or event actor died) makes the process exit 1; a bad
+A site that fails on its own (its dispatcher, event actor or cloud link died) makes the process exit 1; a bad
 configuration exits 2 before anything starts. After kill -9, starting the process again recovers every
 accepted command that was not final from the journal and completes it; final commands are never
 applied again.
@@ -143,7 +144,8 @@ class SiteProcess:
         links = self.simulators.start_batteries() if self.simulators is not None else None
         options = site_options(config)
         if self.simulators is not None and options.get("ocpp") is not None:
-            options["ocpp"] = {**self.simulators.secure(options["ocpp"]), "host": "127.0.0.1", "port": 0}  # free port
+            # a free port: no clash; the simulated chargers' security profile
+            options["ocpp"] = {**self.simulators.secure(options["ocpp"]), "host": "127.0.0.1", "port": 0}
         g = config.grid
         grid = GridLimit(import_kw=g.import_limit_kw, export_kw=g.export_limit_kw, policy=g.policy)
         self.site = Site(asset_specs(config, links), clock=self._clock, grid=grid,

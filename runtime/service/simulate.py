@@ -17,7 +17,6 @@ certificate per charge point under profile 3. The certificates live in a tempora
 from __future__ import annotations
 
 import logging
-import tempfile
 from typing import Any
 
 from protocols.base import DeviceLink
@@ -26,7 +25,7 @@ from protocols.modbus.register_map import load_register_map, sunspec_map
 from protocols.sim.battery import BatterySim
 from protocols.sim.chargepoint import ChargePointSim
 from protocols.sim.fleet import stop_on
-from protocols.sim.pki import SimulatedSecurity, simulated_security
+from protocols.sim.pki import SimulatedSecurity, temporary_security
 from runtime.config.models import BatteryConfig, ChargerConfig, SiteConfig
 from runtime.core.iothread import IOThread
 
@@ -45,7 +44,6 @@ class Simulators:
         self.batteries: dict[str, BatterySim] = {}
         self.chargers: dict[str, ChargePointSim] = {}
         self.security: SimulatedSecurity | None = None
-        self._pki_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def secure(self, ocpp: dict[str, Any]) -> dict[str, Any]:
         """The central system's options (``ocpp``, from :func:`~runtime.config.build.ocpp_options`) for the
@@ -55,11 +53,10 @@ class Simulators:
         ids = [a.ocpp.charge_point_id for a in self.config.assets if isinstance(a, ChargerConfig) and a.ocpp]
         passwords = {a.ocpp.charge_point_id: a.ocpp.password for a in self.config.assets
                      if isinstance(a, ChargerConfig) and a.ocpp is not None and a.ocpp.password is not None}
-        if profile >= 2:
-            self._pki_dir = tempfile.TemporaryDirectory(prefix="coordinator-sim-pki-")
+        self.security = temporary_security(profile, ids, passwords)
+        if self.security.directory is not None:
             log.info("simulated chargers: security profile %d with a throwaway CA in %s (the configured "
-                     "certificates are not used with --simulate)", profile, self._pki_dir.name)
-        self.security = simulated_security(profile, ids, self._pki_dir.name if self._pki_dir else None, passwords)
+                     "certificates are not used with --simulate)", profile, self.security.directory)
         secured = {k: v for k, v in ocpp.items() if k not in ("tls_cert", "tls_key", "ca_cert")}
         return {**secured, **self.security.server}
 
@@ -103,6 +100,5 @@ class Simulators:
     def stop(self) -> None:
         """Stop every simulator and remove the throwaway certificates. Idempotent."""
         stop_on(self.io, [*self.chargers.values(), *self.batteries.values()])
-        if self._pki_dir is not None:
-            self._pki_dir.cleanup()
-            self._pki_dir = None
+        if self.security is not None:
+            self.security.close()
