@@ -429,8 +429,9 @@ class CentralSystem:
             raise ChargerNotConnected(f"charge point {cp_id!r} is not connected")
         self._note_remote_start(cp_id, payload)
         try:
-            return await asyncio.wait_for(conn.call(payload, suppress=False),
-                                          self.response_timeout if timeout is None else timeout)
+            # a timeout scope, not wait_for: no extra task per call (Python 3.11's wait_for wraps the call in one)
+            async with asyncio.timeout(self.response_timeout if timeout is None else timeout):
+                return await conn.call(payload, suppress=False)
         except ConnectionClosed as exc:
             raise ChargerNotConnected(f"charge point {cp_id!r} disconnected ({exc})") from None
 

@@ -28,6 +28,13 @@ the fleet must connect within ``connect_timeout`` (an error names how many did),
 ``step_timeout``. Every child process is stopped (SIGTERM, then SIGKILL) and the site is stopped before
 :func:`run_fleet_bench` returns, also on errors.
 
+Interpreter settings: ours runs as an embedded :class:`~runtime.site.Site` finds the interpreter (CPython's
+defaults: 5 ms switch interval, no ``gc.freeze()``), as the bare process does; neither side is tuned. A
+``coordinator run`` site process applies :func:`runtime.service.process.tune_interpreter` after start-up
+(10 ms switch interval, ``gc.freeze()``), which on this step roughly halves our garbage-collector time
+(measured outside this bench: about 85 -> 30 ms and 500 -> 410 ms CPU per step); a host application that
+embeds a Site decides that for its own interpreter.
+
 Figures per set-up: p50 / p99 / max latency over all steps and of the first step alone, the process's
 CPU time per step (``cpu_ms``) and its garbage-collector pauses per step (``gc_ms``, longest
 ``gc_max_ms``); for ours also the ``submit_many`` time and the site's stop time. Targets: every command
