@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+import traceback
 from datetime import datetime, timezone
 
 import pytest
@@ -38,6 +40,13 @@ def live_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.is_alive()}
 
 
+def stacks(threads: set[threading.Thread]) -> str:
+    """Where each of ``threads`` is now (so a leak in CI says what the thread was waiting on)."""
+    frames = sys._current_frames()
+    return "\n".join(f"--- {t.name}:\n" + "".join(traceback.format_stack(frames[t.ident]))
+                     for t in sorted(threads, key=lambda t: t.name) if t.ident in frames)
+
+
 @pytest.fixture
 def no_leaks():
     """Fails the test if it leaves threads or sockets behind (checked after a short grace period)."""
@@ -52,5 +61,5 @@ def no_leaks():
         if time.monotonic() > deadline:
             break
         time.sleep(0.02)  # grace period for threads that are already exiting (not waiting on logic)
-    assert not extra_threads, f"leaked threads: {sorted(t.name for t in extra_threads)}"
+    assert not extra_threads, f"leaked threads: {sorted(t.name for t in extra_threads)}\n{stacks(extra_threads)}"
     assert not extra_sockets, f"leaked sockets: {extra_sockets}"

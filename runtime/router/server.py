@@ -11,8 +11,11 @@ lifespan closes the stores) and returns 0. :meth:`RouterServer.start` runs the s
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 import uvicorn
@@ -21,6 +24,8 @@ from .app import create_app
 from .config import RouterConfig
 
 __all__ = ["RouterServer"]
+
+log = logging.getLogger(__name__)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -106,11 +111,26 @@ class RouterServer:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop serving (graceful: connections closed, stores closed) and join the thread."""
+        """Stop serving (graceful: connections closed, stores closed) and join the thread.
+
+        If the graceful stop takes longer than ``timeout``, uvicorn is told to force its exit; a thread still
+        alive after another ``timeout`` raises RuntimeError with the thread's stack (a stop that hangs says
+        where)."""
         self.uvicorn.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                self.uvicorn.force_exit = True
-                self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("router %s: not stopped within %g s; forcing the exit; its thread is at:\n%s",
+                      self.config.instance(), timeout, _stack(thread))
+            self.uvicorn.force_exit = True
+            thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"router {self.config.instance()}: its thread did not end within {2 * timeout:g} s "
+                               f"of the stop; it is at:\n{_stack(thread)}")
+
+
+def _stack(thread: threading.Thread) -> str:
+    frame = sys._current_frames().get(thread.ident or -1)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
