@@ -22,6 +22,7 @@ from runtime.core.journal import MAGIC_V1, Journal
 from runtime.core.retention import CompactionPolicy, EventRetention
 from runtime.core.segments import StreamDir
 
+from .asyncsupport import wait_until
 from .conftest import T0
 from .journal_history import History
 
@@ -130,7 +131,7 @@ def test_a_version_1_commands_jnl_is_sealed_read_and_migrated(tmp_path):
 
 def test_a_failed_compaction_is_logged_reported_and_leaves_the_journal_valid(tmp_path, monkeypatch, caplog):
     clock = VirtualClock(T0)
-    log, _ = open_log(tmp_path, clock, at_startup=False)
+    log, _ = open_log(tmp_path, clock, at_startup=False, isolation="thread")
     history = History()
     history.table = CommandTable(dedupe_window_s=7 * DAY)
     drive(log, history, clock, 5)
@@ -146,6 +147,68 @@ def test_a_failed_compaction_is_logged_reported_and_leaves_the_journal_valid(tmp
     log, table = open_log(tmp_path, clock, at_startup=False)
     assert table.get("c4").status is CommandStatus.COMPLETED
     log.close()
+
+
+def _child_hook(folder: Path, monkeypatch, body: str) -> None:
+    """Run ``body`` at the start of every Python child (a sitecustomize on the children's PYTHONPATH)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(body)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+
+
+def test_a_compaction_runs_in_a_child_process_by_default_and_its_failure_is_reported(tmp_path, monkeypatch,
+                                                                                       caplog):
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    clock = VirtualClock(T0)
+    log, _ = open_log(journal, clock, at_startup=False)
+    assert log.policy.isolation == "process"
+    history = History()
+    history.table = CommandTable(dedupe_window_s=7 * DAY)
+    drive(log, history, clock, 5)
+    _child_hook(tmp_path / "hook", monkeypatch, "import runtime.core.journal as j\n"
+                "def full(*a, **k):\n    raise OSError(28, 'No space left on device')\n"
+                "j.Journal.compact = staticmethod(full)\n")
+    with caplog.at_level(logging.ERROR):
+        assert log.compact_now() is None          # the child failed: its disk was full
+    assert "status 1" in log.stats().last_error and "No space left" in log.stats().last_error
+    assert "compaction failed" in caplog.text
+    monkeypatch.delenv("PYTHONPATH")
+    result = log.compact_now()                    # the next one, in a healthy child, succeeds
+    assert result is not None and result.summary.recent_final == 5 and log.stats().last_error is None
+    log.close()
+    assert [n for n in os.listdir(journal) if n.endswith(".snap")]
+    log, table = open_log(journal, clock, at_startup=False)
+    assert table.get("c4").status is CommandStatus.COMPLETED
+    log.close()
+
+
+def test_a_compaction_child_still_running_at_close_is_killed_and_the_journal_stays_valid(tmp_path, monkeypatch):
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    clock = VirtualClock(T0)
+    log, _ = open_log(journal, clock, at_startup=False)
+    log._close_wait_s = 0.2
+    history = History()
+    history.table = CommandTable(dedupe_window_s=7 * DAY)
+    drive(log, history, clock, 5)
+    started = tmp_path / "child-started"
+    _child_hook(tmp_path / "hook", monkeypatch, f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\n"
+                "time.sleep(60)\n")
+    log.compact_now(wait=False)
+    wait_until(started.exists, what="the compaction child to start")
+    log.close()                                   # waits 0.2 s, then kills the child
+    assert not log.compacting and log.stats().last_error == "abandoned at shutdown"
+    assert not [n for n in os.listdir(journal) if n.endswith(".snap")]
+    monkeypatch.delenv("PYTHONPATH")
+    log, table = open_log(journal, clock, at_startup=False)
+    assert table.get("c4").status is CommandStatus.COMPLETED
+    log.close()
+
+
+def test_the_isolation_must_be_process_or_thread():
+    with pytest.raises(ConfigurationError, match="isolation: must be 'process' or 'thread', got 'fork'"):
+        CompactionPolicy(isolation="fork")
 
 
 # ---- the event log ------------------------------------------------------------------------------

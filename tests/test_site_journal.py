@@ -27,7 +27,9 @@ from .conftest import T0
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leaks")]
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0
-EAGER = CompactionPolicy(max_log_bytes=20_000, interval_s=3600, min_bytes=0)
+#: compacts every ~20 kB; in a thread (the default child process costs a Python start-up, ~0.2 s, per
+#: compaction, and on a virtual clock each one is waited for; the child itself: tests/test_journal_streams.py)
+EAGER = CompactionPolicy(max_log_bytes=20_000, interval_s=3600, min_bytes=0, isolation="thread")
 
 
 def site(directory: Path, clock: VirtualClock, **kw) -> Site:

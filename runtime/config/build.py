@@ -115,7 +115,8 @@ def site_options(config: SiteConfig) -> dict[str, Any]:
     j = config.journal
     options: dict[str, Any] = {
         "journal_dir": j.dir, "fsync": j.fsync, "retention_s": j.retention_s, "dedupe_window_s": j.dedupe_window_s,
-        "compaction": CompactionPolicy(max_log_bytes=j.compact_max_log_bytes, interval_s=j.compact_interval_s),
+        "compaction": CompactionPolicy(max_log_bytes=j.compact_max_log_bytes, interval_s=j.compact_interval_s,
+                                       isolation=j.compact_isolation),
         "event_retention": EventRetention(max_age_s=j.events_max_age_s, max_bytes=j.events_max_bytes),
         "retry": retry_policy(config.retry), "ack_timeout_s": config.timeouts.ack_timeout_s,
         "completion_timeout_s": config.timeouts.completion_timeout_s, "ocpp": ocpp_options(config)}

@@ -190,6 +190,8 @@ class JournalConfig(Strict):
     #: The command journal is compacted when the file being appended to reaches this size or this age.
     compact_max_log_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
     compact_interval_s: Positive = 6 * 3600.0
+    #: Where a compaction runs: "process" (a child process, whose memory peak leaves with it) or "thread".
+    compact_isolation: Literal["process", "thread"] = "process"
     #: The event journal keeps at most this much history (oldest segments deleted first).
     events_max_age_s: Positive = 7 * 86400.0
     events_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024

@@ -14,11 +14,13 @@ changes are encoded (:class:`~runtime.core.records.RecordEncoder`), written in o
 fsync policy), and then, if the active log is large or old enough
 (:class:`~runtime.core.retention.CompactionPolicy`), it is sealed (a rename and a new file: dispatch waits
 for nothing more) and a background thread compacts the sealed logs
-(:func:`~runtime.core.compaction.compact_stream`). One compaction runs at a time; a
+(:func:`~runtime.core.compaction.compact_stream`), in a child process that it waits for
+(:mod:`runtime.core.compaction_process`, :attr:`CompactionPolicy.isolation`). One compaction runs at a time; a
 failed one is logged, leaves the journal valid, and is tried again at the next trigger.
 
 :meth:`CommandLog.close` syncs and closes the active log and waits for a running compaction (at most
-``close_wait_s``; after that it is abandoned at its next step, which is as safe as a crash).
+``close_wait_s``; after that it is abandoned at its next step, or its child process killed, which is as
+safe as a crash).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from typing import Any, Iterable
 
 from .clock import Clock
 from .command_table import Change, CommandTable
-from .compaction import CompactionResult, compact_stream
+from .compaction import CompactionResult, compact_stream, log_compacted
+from .compaction_process import CompactionAbandoned, compact_in_child
 from .journal import FsyncPolicy
 from .journal_stats import StreamMeter, StreamStats
 from .records import COMMAND_KINDS, RecordEncoder
@@ -187,11 +190,18 @@ class CommandLog:
         self._thread.start()
 
     def _run(self, upto: int, now: float, state: RecoveredState | None) -> None:
+        durable = self._fsync != "never"
         try:
-            result = compact_stream(self.stream, upto, now, retention_s=self.retention_s,
-                                    dedupe_window_s=self._table.dedupe_window_s, state=state,
-                                    durable=self._fsync != "never", step=self._step)
-        except _Abandoned:
+            if state is None and self.policy.isolation == "process":
+                result = compact_in_child(self.stream, upto, now, retention_s=self.retention_s,
+                                          dedupe_window_s=self._table.dedupe_window_s, durable=durable,
+                                          should_stop=lambda: self._stopping)
+                log_compacted(self.stream, result, " in a child process")
+            else:
+                result = compact_stream(self.stream, upto, now, retention_s=self.retention_s,
+                                        dedupe_window_s=self._table.dedupe_window_s, state=state,
+                                        durable=durable, step=self._step)
+        except (_Abandoned, CompactionAbandoned):
             self.meter.failed("abandoned at shutdown")
         except Exception as exc:  # the journal is unchanged (or the snapshot is complete): valid either way
             log.exception("journal %s: compaction failed; the journal is still valid and compaction is tried "

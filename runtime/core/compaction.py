@@ -52,7 +52,7 @@ from .segments import StreamDir, _unlink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompactionSummary", "CompactionResult", "compact_state", "compact_stream", "STEPS"]
+__all__ = ["CompactionSummary", "CompactionResult", "compact_state", "compact_stream", "log_compacted", "STEPS"]
 
 _SUPERSEDED = CommandStatus.SUPERSEDED
 _PENDING = CommandStatus.PENDING
@@ -353,9 +353,15 @@ def compact_stream(stream: StreamDir, upto: int, now: float, *, retention_s: flo
     result = CompactionResult(upto=upto, at=now, duration_s=time.perf_counter() - t0, bytes_before=bytes_before,
                               bytes_after=bytes_after, files_before=files_before,
                               files_after=len(live_after) + len(covered_after), summary=summary)
-    log.info("journal %s compacted (snapshot %d): %d -> %d bytes, %d -> %d files in %.3f s; %d commands not "
-             "final, %d recently final, %d batches running, %d ids and %d batches kept for dedupe, %d forgotten",
-             os.path.join(stream.directory, stream.name), upto, bytes_before, bytes_after, files_before,
-             result.files_after, result.duration_s, summary.live_commands, summary.recent_final, summary.batches,
-             summary.known_ids, summary.known_batches, summary.forgotten)
+    log_compacted(stream, result)
     return result
+
+
+def log_compacted(stream: StreamDir, result: CompactionResult, where: str = "") -> None:
+    """The one INFO line a compaction logs (``where``: e.g. " in a child process")."""
+    summary = result.summary
+    log.info("journal %s compacted%s (snapshot %d): %d -> %d bytes, %d -> %d files in %.3f s; %d commands not "
+             "final, %d recently final, %d batches running, %d ids and %d batches kept for dedupe, %d forgotten",
+             os.path.join(stream.directory, stream.name), where, result.upto, result.bytes_before,
+             result.bytes_after, result.files_before, result.files_after, result.duration_s, summary.live_commands,
+             summary.recent_final, summary.batches, summary.known_ids, summary.known_batches, summary.forgotten)
