@@ -273,3 +273,57 @@ def test_deadlines_expire_time_out_get_a_restart_grace_and_leave_the_pending_lis
         await hub.store.close()
         await hub.audit.close()
     asyncio.run(body())
+
+
+def test_stopping_tasks_cancels_again_a_task_that_swallowed_the_first_cancellation():
+    from runtime.router.tasks import stop_tasks
+
+    rounds = []
+
+    async def stubborn():   # as a library that loses one CancelledError: goes round its loop again
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                rounds.append(len(rounds))
+                if len(rounds) == 1:
+                    continue
+                raise
+
+    async def failing():
+        raise ValueError("failed earlier")
+
+    async def main():
+        tasks = [asyncio.create_task(stubborn(), name="stubborn"), asyncio.create_task(failing())]
+        await asyncio.sleep(0)
+        await asyncio.wait_for(stop_tasks(tasks, timeout=5.0, retry_s=0.01), 10)
+        return tasks
+
+    tasks = asyncio.run(main())
+    assert rounds == [0, 1] and tasks[0].cancelled() and isinstance(tasks[1].exception(), ValueError)
+
+
+def test_stopping_tasks_gives_up_after_its_timeout_and_names_the_task(caplog):
+    from runtime.router.tasks import stop_tasks
+
+    released = []
+
+    async def immortal():   # ignores every cancellation until the test lets it go
+        while not released:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+    async def main():
+        task = asyncio.create_task(immortal(), name="immortal")
+        await asyncio.sleep(0)
+        await stop_tasks([task], timeout=0.1, retry_s=0.02)
+        alive = not task.done()
+        released.append(True)
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        return alive and task.done()
+
+    assert asyncio.run(main())
+    assert "did not stop within 0.1 s" in caplog.text and "immortal" in caplog.text

@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from protocols.edge.wire import Status
 
 from .store_redis import RedisKeys
+from .tasks import stop_tasks
 
 __all__ = ["FleetEvents", "Fleet", "LocalFleet", "RedisFleet"]
 
@@ -157,9 +158,7 @@ class RedisFleet(Fleet):
                        loop.create_task(self._refresher(), name="fleet-refresh")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._tasks = []
         if self._subs:
             self._publish(self.k.status_channel, {"from": self.instance, "subs": 0})

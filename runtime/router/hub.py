@@ -42,6 +42,7 @@ from .registry import EdgeConn, EdgeRegistry
 from .states import (ACCEPTED, ACK_STATE, DELIVERED, FINAL, QUEUED, SENT, TIMED_OUT, CommandRecord, next_state,
                      payload_digest)
 from .store import Store
+from .tasks import stop_tasks
 from .validate import check_command
 
 __all__ = ["Hub", "SubmitOutcome", "Refusal"]
@@ -126,9 +127,7 @@ class Hub:
 
     async def stop(self) -> None:
         """Close every connection (1001), stop the tasks and make everything durable."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._tasks = []
         for conn in self.registry:
             await conn.outbox.aclose(1001, "router shutting down", timeout=1.0)

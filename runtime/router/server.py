@@ -11,6 +11,8 @@ lifespan closes the stores) and returns 0. :meth:`RouterServer.start` runs the s
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import sys
 import threading
@@ -34,8 +36,10 @@ class _Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
         super().__init__(config)
         self.on_started = on_started
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: Any = None) -> None:
+        self.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started and self.on_started is not None:
             self.on_started()
@@ -122,13 +126,31 @@ class RouterServer:
             return
         thread.join(timeout)
         if thread.is_alive():
-            log.error("router %s: not stopped within %g s; forcing the exit; its thread is at:\n%s",
-                      self.config.instance(), timeout, _stack(thread))
+            log.error("router %s: not stopped within %g s; forcing the exit; its thread is at:\n%s\nits tasks:\n%s",
+                      self.config.instance(), timeout, _stack(thread), self._tasks())
             self.uvicorn.force_exit = True
             thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError(f"router {self.config.instance()}: its thread did not end within {2 * timeout:g} s "
-                               f"of the stop; it is at:\n{_stack(thread)}")
+                               f"of the stop; it is at:\n{_stack(thread)}\nits tasks:\n{self._tasks()}")
+
+    def _tasks(self) -> str:
+        """The stacks of the router loop's tasks (asked on the loop, at most 2 s)."""
+        loop = self.uvicorn.loop
+
+        async def dump() -> str:
+            out = io.StringIO()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.print_stack(limit=12, file=out)
+            return out.getvalue()
+
+        if loop is None or loop.is_closed():
+            return "(no loop)"
+        try:
+            return asyncio.run_coroutine_threadsafe(dump(), loop).result(2.0)
+        except Exception as exc:  # a loop that does not answer says so
+            return f"(the loop did not answer: {exc!r})"
 
 
 def _stack(thread: threading.Thread) -> str:
