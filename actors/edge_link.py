@@ -97,7 +97,8 @@ _FINAL = {CommandStatus.COMPLETED: "executed", CommandStatus.REJECTED: "rejected
 _FOLLOWED = frozenset({EventType.TELEMETRY, EventType.STATE_CHANGED, EventType.ASSET_CONNECTED,
                        EventType.ASSET_DISCONNECTED, EventType.ASSET_UNAVAILABLE})
 _PARAMETER_CHANNELS = {parameter: channel for channel, parameter in OVERRIDE_PARAMETERS.items()}
-#: How often (site-clock seconds, at most) the in-memory log forgets what retention no longer needs.
+#: How often (site-clock seconds, at most) the in-memory log forgets what retention no longer needs: every
+#: hour, or every quarter of the dedupe window when that is shorter (memory holds at most 1.25 windows).
 _PRUNE_EVERY_S = 3600.0
 
 
@@ -175,6 +176,7 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
         self._log = CloudLog(path, now=clock.time(), fsync=fsync,  # type: ignore[arg-type]
                              dedupe_window_s=options.dedupe_window_s)
         self._pruned_at = clock.time()
+        self._prune_every_s = min(_PRUNE_EVERY_S, options.dedupe_window_s / 4)
         self._queue = EdgeQueue(options.queue_size)
         self._time = edge_time(clock, io.loop)       # command expiry and leases
         self._net_time = LoopTime(io.loop)           # rate limits of telemetry and site_state (real time)
@@ -830,6 +832,6 @@ class EdgeLinkActor(HandlerTable, pykka.ThreadingActor):
             self._outbox.append(frame)
 
     def _prune(self, now: float, force: bool = False) -> None:
-        if force or now - self._pruned_at >= _PRUNE_EVERY_S:
+        if force or now - self._pruned_at >= self._prune_every_s:
             self._pruned_at = now
             self._log.prune(now)

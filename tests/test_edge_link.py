@@ -270,7 +270,7 @@ def test_a_confirm_from_the_router_lets_a_final_command_go_without_a_reconnect(t
             router.wait_final(cid)
         router.send_frame(Confirm(command_ids=["a", "unknown-id"]))   # an id it does not know: ignored
         site.settle()
-        site.advance(2 * 3600)                                     # beyond the window and the prune interval
+        site.advance(80)            # beyond the window (60 s) and the prune interval (a quarter of it, 15 s)
         router.send(command("c", value=2_000))
         router.wait_final("c")
         site.settle()
