@@ -253,9 +253,11 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         for command in commands:
             problem = self.spec.check(command) or self._refusal(command)
             if problem is not None:
-                reports.append(CommandReport(command.command_id, CommandStatus.REJECTED, problem, retryable=False))
+                reports.append(CommandReport(command.command_id, CommandStatus.REJECTED, problem, retryable=False,
+                                             attempt=command.attempts))
             elif not self._healthy:
-                reports.append(CommandReport(command.command_id, CommandStatus.HELD, self._health_reason))
+                reports.append(CommandReport(command.command_id, CommandStatus.HELD, self._health_reason,
+                                             attempt=command.attempts))
             else:
                 send.append(command)
         if reports:
@@ -274,12 +276,15 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._next_token += 1
         token = self._next_token
 
+        attempts_of = {c.command_id: c.attempts for c in commands}
+
         def done(results: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
             if error is not None:
                 results = tuple((c.command_id, DeviceResult(Outcome.FAILED, f"{type(error).__name__}: {error}"))
                                 for c in commands)
             try:
-                me.tell(DeviceDone(results, token, resend=resend))
+                me.tell(DeviceDone(results, token, resend=resend,
+                                   attempts=tuple(attempts_of.get(cid, 0) for cid, _ in results)))
             except pykka.ActorDeadError:
                 pass
         self._in_flight[token] = self._io.post(_apply(self.link, commands, self._ack_timeout_s, self._lock), done)
@@ -308,7 +313,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         for event in captured:
             self._on_device_report(DeviceReport(event))
         if results:
-            self._device_done(DeviceDone(tuple(results), 0, resend=resend))
+            self._device_done(DeviceDone(tuple(results), 0, resend=resend,
+                                         attempts=tuple(c.attempts for c in commands[:len(results)])))
         return rest
 
     def _device_done(self, message: DeviceDone) -> None:
@@ -320,19 +326,26 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                                 result.outcome.value, result.reason or "")
             return
         reports: list[CommandReport] = []
-        for cid, result in message.results:
-            command = self._sent.pop(cid, None)
+        attempts = message.attempts
+        for i, (cid, result) in enumerate(message.results):
+            attempt = attempts[i] if i < len(attempts) else 0
+            command = self._sent.get(cid)
+            if command is not None and attempt and command.attempts != attempt:
+                command = None   # the answer to an earlier attempt: the later one stays awaited
+            else:
+                self._sent.pop(cid, None)
             early = self._early.pop(cid, None)
             status = _status_of(result.outcome, cid, self.spec.asset_id)
             if status is CommandStatus.COMPLETED:
-                reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED))
+                reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED, attempt=attempt))
                 if command is not None:
                     self._remember_target(command)
             elif status is CommandStatus.ACKNOWLEDGED and command is not None:
                 self._awaiting[cid] = command
             elif status is CommandStatus.HELD:
                 self._set_link(False, result.reason or "device not connected")
-            reports.append(CommandReport(cid, status, result.reason, retryable=status is not CommandStatus.REJECTED))
+            reports.append(CommandReport(cid, status, result.reason, retryable=status is not CommandStatus.REJECTED,
+                                         attempt=attempt))
             if early is not None and status is CommandStatus.ACKNOWLEDGED:
                 reports.append(self._progress(early))
         self._report(reports)
@@ -344,7 +357,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             status = CommandStatus.FAILED
         if status is CommandStatus.COMPLETED and command is not None:
             self._remember_target(command)
-        return CommandReport(event.command_id, status, event.reason, retryable=status is not CommandStatus.REJECTED)
+        return CommandReport(event.command_id, status, event.reason, retryable=status is not CommandStatus.REJECTED,
+                             attempt=command.attempts if command is not None else 0)
 
     def _remember_target(self, command: Command) -> None:
         if command.command_type.is_setpoint:

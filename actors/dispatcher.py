@@ -311,6 +311,10 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
             log.warning("report from asset %s for %s command %s ignored", asset_id,
                         "unknown" if command is None else f"{command.asset_id}'s", cid)
             return []
+        if report.attempt and report.attempt != command.attempts:
+            log.info("asset %s: %s for attempt %d of command %s ignored (it is at attempt %d, %s)", asset_id,
+                     report.status.value, report.attempt, cid, command.attempts, command.status.value)
+            return []
         s = report.status
         if completed:
             return t.acknowledge_and_complete(cid, now)

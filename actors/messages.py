@@ -91,11 +91,14 @@ class Execute:
 @dataclass(frozen=True, slots=True)
 class CommandReport:
     """What became of one command at the asset: ``status`` is ACKNOWLEDGED, COMPLETED, FAILED,
-    TIMED_OUT, REJECTED or HELD (device not reachable / asset not healthy)."""
+    TIMED_OUT, REJECTED or HELD (device not reachable / asset not healthy). ``attempt``: the attempt
+    (``Command.attempts`` as sent) the answer is for, 0 when not known; the dispatcher ignores the answer
+    to an earlier attempt once a later one is in flight (a silent device that speaks again answers both)."""
     command_id: str
     status: CommandStatus
     reason: str | None = None
     retryable: bool = True
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,10 +203,12 @@ class GetStatus:
 @dataclass(frozen=True, slots=True)
 class DeviceDone:
     """A device coroutine finished: results for the commands of one Execute, in order.
-    ``resend``: these were completed targets re-applied after a reboot/reconnect, not new commands."""
+    ``resend``: these were completed targets re-applied after a reboot/reconnect, not new commands.
+    ``attempts``: each result's command attempt as sent (empty: not known)."""
     results: tuple[tuple[str, "DeviceResult"], ...]
     token: int
     resend: bool = False
+    attempts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

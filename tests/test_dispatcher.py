@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from actors.dispatcher import MAX_BURST_STEPS, DispatcherActor
-from actors.messages import AssetHealth, AssetUp, Execute, Publish, SubmitBatch, SubmitCommands, Tick
+from actors.messages import (AssetHealth, AssetUp, CommandReport, CommandReports, Execute, Publish, SubmitBatch,
+                             SubmitCommands, Tick)
 from runtime.core.assets import BatterySpec, ChargerSpec
 from runtime.core.batch import CommandBatch
 from runtime.core.clock import VirtualClock
@@ -122,3 +123,24 @@ def test_ready_is_set_once_every_asset_has_an_actor_and_has_reported_its_health(
         ready.get(timeout=0)                          # ev-1 has not reported yet
     actor.on_receive(AssetHealth("ev-1", True, "AVAILABLE"))
     assert ready.get(timeout=0) is None               # a link that is down still counts as reported
+
+
+def test_the_answer_to_an_earlier_attempt_does_not_settle_the_attempt_in_flight():
+    """A device that went silent and speaks again answers the old attempt too: only the answer to the
+    attempt in flight moves the command (else whether the new attempt is sent at all depends on timing)."""
+    log, clock = Log(), VirtualClock(T0)
+    actor = dispatcher(log, clock)
+    actor.on_receive(SubmitCommands((Command("c", "ev-1", CommandType.SET_CHARGE_RATE, 7.0, T0),)))
+    assert actor._table.get("c").attempts == 1
+    actor.on_receive(CommandReports("ev-1", (CommandReport("c", CommandStatus.FAILED, "no answer", attempt=1),)))
+    assert actor._table.get("c").status is CommandStatus.PENDING
+    clock.advance(600)
+    actor.on_receive(Tick())
+    assert actor._table.get("c").status is CommandStatus.DISPATCHED and actor._table.get("c").attempts == 2
+    late = (CommandReport("c", CommandStatus.ACKNOWLEDGED, attempt=1), CommandReport("c", CommandStatus.COMPLETED,
+                                                                                    attempt=1))
+    actor.on_receive(CommandReports("ev-1", late))
+    assert actor._table.get("c").status is CommandStatus.DISPATCHED       # attempt 2 is still awaited
+    actor.on_receive(CommandReports("ev-1", (CommandReport("c", CommandStatus.ACKNOWLEDGED, attempt=2),
+                                             CommandReport("c", CommandStatus.COMPLETED, attempt=2))))
+    assert actor._table.get("c").status is CommandStatus.COMPLETED

@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
-from runtime.core.commands import CommandStatus
 from runtime.core.errors import ScenarioError
 from runtime.core.journal import Journal
-from runtime.core.records import STATUS_CODE
 from runtime.scenario import ScenarioResult, load_scenario, run_scenario
 
 HERE = Path(__file__).resolve().parent.parent / "scenarios"
 #: the scenario files of scenarios/ (it holds site files too: those have no [schedule])
 SCENARIOS = sorted(p for p in HERE.glob("*.toml") if "schedule" in tomllib.loads(p.read_text()))
 EVENING, STORM = HERE / "evening_peak.toml", HERE / "fault_storm.toml"
-DISPATCHED = STATUS_CODE[CommandStatus.DISPATCHED]
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaks")]
 
 
@@ -144,18 +141,10 @@ def journal_by_command(path: Path) -> tuple[dict[str, list[dict]], list[dict]]:
 
     Two asset actors that answer at the same virtual instant may reach the dispatcher in either order, so
     the interleaving of different commands' records within one instant is not fixed; each command's own
-    history, every record and the set of records are. One more thing may differ: the dispatcher writes a
-    command's last state per burst of messages, so a dispatch and a report of an earlier attempt that
-    arrives in the same instant are one record (the new attempt count with the report's status) or two.
-    The one record is split here into the two it stands for."""
+    history, every record and the set of records are."""
     by_command: dict[str, list[dict]] = {}
     other: list[dict] = []
     for record in Journal.read(path):
-        if record.get("k") == "t" and "n" in record and record["s"] != DISPATCHED:
-            dispatch = {"k": "t", "i": record["i"], "s": DISPATCHED, "w": record["w"],
-                        **{k: record[k] for k in ("n", "g") if k in record}}   # what the dispatch set
-            by_command.setdefault(record["i"], []).append(dispatch)
-            record = {k: v for k, v in record.items() if k not in ("n", "g")}
         if record.get("k") in ("n", "t"):  # a new command in full, or a later change of one
             by_command.setdefault(record["i"], []).append(record)
         else:
