@@ -329,12 +329,12 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         attempts = message.attempts
         for i, (cid, result) in enumerate(message.results):
             attempt = attempts[i] if i < len(attempts) else 0
-            command = self._sent.get(cid)
+            command, early = self._sent.get(cid), None
             if command is not None and attempt and command.attempts != attempt:
-                command = None   # the answer to an earlier attempt: the later one stays awaited
+                command = None   # the answer to an earlier attempt: the later one (and its progress) stays awaited
             else:
                 self._sent.pop(cid, None)
-            early = self._early.pop(cid, None)
+                early = self._early.pop(cid, None)
             status = _status_of(result.outcome, cid, self.spec.asset_id)
             if status is CommandStatus.COMPLETED:
                 reports.append(CommandReport(cid, CommandStatus.ACKNOWLEDGED, attempt=attempt))
@@ -344,8 +344,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                 self._awaiting[cid] = command
             elif status is CommandStatus.HELD:
                 self._set_link(False, result.reason or "device not connected")
-            reports.append(CommandReport(cid, status, result.reason, retryable=status is not CommandStatus.REJECTED,
-                                         attempt=attempt))
+            reports.append(CommandReport(cid, status, result.reason,
+                                         retryable=status is not CommandStatus.REJECTED, attempt=attempt))
             if early is not None and status is CommandStatus.ACKNOWLEDGED:
                 reports.append(self._progress(early))
         self._report(reports)
@@ -357,7 +357,8 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             status = CommandStatus.FAILED
         if status is CommandStatus.COMPLETED and command is not None:
             self._remember_target(command)
-        return CommandReport(event.command_id, status, event.reason, retryable=status is not CommandStatus.REJECTED,
+        return CommandReport(event.command_id, status, event.reason,
+                             retryable=status is not CommandStatus.REJECTED,
                              attempt=command.attempts if command is not None else 0)
 
     def _remember_target(self, command: Command) -> None:

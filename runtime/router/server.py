@@ -126,8 +126,8 @@ class RouterServer:
             return
         thread.join(timeout)
         if thread.is_alive():
-            log.error("router %s: not stopped within %g s; forcing the exit; its thread is at:\n%s\nits tasks:\n%s",
-                      self.config.instance(), timeout, _stack(thread), self._tasks())
+            log.error("router %s: not stopped within %g s; forcing the exit; its thread is at:\n%s\n"
+                      "its tasks:\n%s", self.config.instance(), timeout, _stack(thread), self._tasks())
             self.uvicorn.force_exit = True
             thread.join(timeout)
         if thread.is_alive():
