@@ -21,6 +21,8 @@ from pydantic import BaseModel
 
 from protocols.edge.wire import encode
 
+from .tasks import stop_tasks
+
 __all__ = ["Outbox", "Encoded"]
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,5 @@ class Outbox:
     async def stop(self) -> None:
         """Stop the writer at once (the connection has ended)."""
         self.closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None:
+            await stop_tasks([self._task])

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable
+from typing import Collection
 
 __all__ = ["stop_tasks"]
 
 log = logging.getLogger(__name__)
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[object]], timeout: float = 5.0, retry_s: float = 0.1) -> None:
+async def stop_tasks(tasks: Collection[asyncio.Task[object]], timeout: float = 5.0,
+                     retry_s: float = 0.1) -> None:
     """Cancel ``tasks`` and wait until they are done, cancelling again every ``retry_s`` what a swallowed
     cancellation kept running; after ``timeout`` s log the ones left (exceptions of the done ones are
-    retrieved, never raised)."""
+    retrieved, never raised). ``tasks`` is read twice, so it is a collection, not an iterator."""
     loop = asyncio.get_running_loop()
     pending = {t for t in tasks if not t.done()}
     deadline = loop.time() + timeout
