@@ -32,8 +32,6 @@ from typing import Any, Callable
 from .compaction import CompactionResult, CompactionSummary, compact_stream
 from .segments import StreamDir
 
-log = logging.getLogger(__name__)
-
 __all__ = ["compact_in_child", "ChildCompactionError", "CompactionAbandoned"]
 
 #: How often the caller checks ``should_stop`` while the child runs (seconds).
@@ -86,10 +84,6 @@ def compact_in_child(stream: StreamDir, upto: int, now: float, *, retention_s: f
         raise ChildCompactionError(f"compaction process printed no valid result: {exc}") from exc
 
 
-def _result_json(result: CompactionResult) -> str:
-    return json.dumps(asdict(result))
-
-
 def main(argv: list[str] | None = None) -> int:
     """The child: ``python -m runtime.core.compaction_process '<json arguments>'``."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -97,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = StreamDir(args["directory"], args["name"])
     result = compact_stream(stream, int(args["upto"]), float(args["now"]), retention_s=float(args["retention_s"]),
                             dedupe_window_s=args["dedupe_window_s"], durable=bool(args["durable"]))
-    sys.stdout.write(_result_json(result) + "\n")
+    sys.stdout.write(json.dumps(asdict(result)) + "\n")
     sys.stdout.flush()
     return 0
 
