@@ -33,7 +33,7 @@ const MAX_EXPIRY = 30 * 24 * 3600;
 
 const S = {
   settings: { password_sign_in: false, refresh_s: 5, telemetry_window_s: 3600, telemetry_bucket_s: 30 },
-  token: null, me: null, expiresAt: null,
+  token: null, me: null, expiresAt: null, restoring: false,
   edges: new Map(), edgesLoaded: false, reachable: true,
   commands: new Map(), fetching: new Set(),
   ws: null, wsRetry: 0, wsTimer: null, conn: "offline",
@@ -631,6 +631,7 @@ function route() {
   const hash = location.hash || "#/sites";
   const [path, query] = hash.slice(1).split("?");
   const parts = path.split("/").filter(Boolean);
+  if (S.restoring && !S.me) return;   // a saved session is being checked: no sign-in form meanwhile
   if (!S.token || !S.me) {
     S.view = "login";
     return renderLogin();
@@ -1325,12 +1326,15 @@ async function start() {
   }
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
+    S.restoring = true;   // a hash change meanwhile must not show the sign-in form, which signIn then replaces
     try {
       await signIn(saved);
       return;
     } catch (err) {
       sessionStorage.removeItem(TOKEN_KEY);
       S.loginMessage = err.status === 0 ? "The router is not answering." : `Signed out: ${err.message}`;
+    } finally {
+      S.restoring = false;
     }
   }
   route();
