@@ -235,7 +235,24 @@ class SimDevices:
             what = why or f"{action} is not possible"
             raise ScenarioError(str(self.scenario.source or self.scenario.name),
                                 [f"event at {event.at_s:g} s on {event.asset}: {what}"])
-        self.io.call(calls[action](), timeout=15)
+        if action != "reboot":
+            self.io.call(calls[action](), timeout=15)
+            self._until_seen(site, event)
+            return
+        # a reboot is seen as a new connection: the link reads "up" before the site has noticed the device
+        # went, so only an ASSET_CONNECTED after the action says it is back (else the clock would run on
+        # while the link reconnects in real time, and a command sent meanwhile would wait there and expire)
+        from runtime.core.events import EventType
+        back = threading.Event()
+        unsubscribe = site.events.subscribe(
+            EventType.ASSET_CONNECTED, lambda e: back.set() if e.payload.get("asset_id") == event.asset else None)
+        try:
+            self.io.call(calls[action](), timeout=15)
+            if not _wait(site, back.is_set, self.connect_timeout_s):
+                log.warning("scenario: reboot of %s at %g s: the site did not see it connect again within %g s",
+                            event.asset, event.at_s, self.connect_timeout_s)
+        finally:
+            unsubscribe()
         self._until_seen(site, event)
 
     def _until_seen(self, site: "Site", event: "FaultEvent") -> None:
