@@ -37,18 +37,6 @@ class _SweptMemoryStorage(sync_storage.MemoryStorage):
     def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 (the base class's private hook)
         pass
 
-    async def login(self, user: str, remote: str) -> tuple[str, float] | None:
-        """None if one more sign-in attempt for ``user`` from ``remote`` is within the login limits (``login`` per
-        user name, ``login_address`` per address; shared by a fleet); else (``"user"`` or ``"address"``,
-        retry_after)."""
-        wait = await self._over(self._shared, self._login, "login-user", user)
-        if wait is not None:
-            return "user", wait
-        wait = await self._over(self._shared, self._login_address, "login-address", remote)
-        if wait is not None:
-            return "address", wait
-        return None
-
     def expire(self) -> None:
         getattr(self, "_MemoryStorage__expire_events")()
 
