@@ -11,6 +11,8 @@ from pymodbus.logging import Log
 import protocols.modbus.link  # noqa: F401  (installs the filter, as every site with a battery does)
 from protocols.modbus.pymodbus_log import LOGGER, PymodbusLogFilter, install
 
+from .asyncsupport import run
+
 
 def frames() -> None:
     """What the client records of its traffic while its logger is not at DEBUG (the dump's material)."""
@@ -38,9 +40,37 @@ def test_other_errors_keep_their_level_and_lose_only_the_dump(caplog: pytest.Log
 
 def test_routine_lines_are_dropped_when_the_site_logs_warnings_only(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    Log.warning("received pdu without a corresponding request, IGNORING {}", 7)
+    Log.warning("ERROR: received pdu without a corresponding request, IGNORING")  # pymodbus 3.16's own text
     Log.warning("Failed to connect {}", "[Errno 111] at 7")
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == ["Failed to connect [Errno 111] at 7"]
+
+
+def test_the_routine_texts_are_those_pymodbus_logs() -> None:
+    """The filter matches message starts: they must be what the pinned pymodbus writes."""
+    import inspect
+
+    from pymodbus.transaction import transaction
+    from pymodbus.transport import transport
+    assert '"ERROR: received pdu without a corresponding request, IGNORING"' in inspect.getsource(transaction)
+    assert 'Log.error("Cancel send, because not connected!")' in inspect.getsource(transport)
+
+
+def test_a_send_on_a_dropped_connection_is_info_and_so_is_its_repeat(caplog: pytest.LogCaptureFixture) -> None:
+    """A request on a connection that has just dropped: pymodbus' ERROR and its "Repeating...." line are INFO,
+    and an error after them keeps its level (a real client, never connected)."""
+    from pymodbus.client import AsyncModbusTcpClient
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def body() -> None:
+        client = AsyncModbusTcpClient("127.0.0.1", port=9)
+        for _ in range(3):
+            client.ctx.send(b"\x00\x01")
+        Log.error("Unable to decode frame {}", "x-43")
+        client.close()
+    run(body)
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert got == [(logging.INFO, "Cancel send, because not connected!"), (logging.INFO, "Repeating...."),
+                   (logging.ERROR, "Unable to decode frame x-43")]
 
 
 def test_the_filter_is_installed_once() -> None:
