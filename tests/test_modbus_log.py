@@ -14,6 +14,12 @@ from protocols.modbus.pymodbus_log import LOGGER, PymodbusLogFilter, install
 from .asyncsupport import run
 
 
+@pytest.fixture(autouse=True)
+def fresh_repeat_state() -> None:
+    """pymodbus says "Repeating...." against the last message logged anywhere: each test starts afresh."""
+    Log.last_log_text, Log.repeat_log = "", False
+
+
 def frames() -> None:
     """What the client records of its traffic while its logger is not at DEBUG (the dump's material)."""
     Log.transport_dump(Log.SEND_DATA, b"\x00\x01\x00\x00\x00\x06\x01\x03\x9c\x40\x00\x02", b"")
@@ -77,3 +83,13 @@ def test_the_filter_is_installed_once() -> None:
     install()
     install()
     assert sum(isinstance(f, PymodbusLogFilter) for f in logging.getLogger(LOGGER).filters) == 1
+
+
+def test_the_repeat_of_an_error_keeps_the_errors_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    Log.error("Cancel send, because not connected!")
+    Log.error("Unable to decode frame {}", "x-44")
+    Log.error("Unable to decode frame {}", "x-44")
+    got = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == LOGGER]
+    assert got == [(logging.INFO, "Cancel send, because not connected!"),
+                   (logging.ERROR, "Unable to decode frame x-44"), (logging.ERROR, "Repeating....")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 import tomllib
 from pathlib import Path
@@ -265,8 +266,9 @@ def test_run_scenario_takes_a_path_and_returns_a_frozen_result():
         result.exit_code = 1  # type: ignore[misc]
 
 
-def test_simulators_reject_go_silent_and_reboot(tmp_path):
-    """reject -> the charge point answers Rejected, the battery an exception code; silent; reboot."""
+def test_simulators_reject_go_silent_and_reboot(tmp_path, caplog):
+    """reject -> the charge point answers Rejected, the battery an exception code; silent; reboot (the clock
+    moves on only once the site has seen each rebooted device connect again)."""
     events = '''events = [
     { at_s = 300, asset = "ev-1", action = "reboot" },
     { at_s = 600, asset = "ev-2", action = "reject", value = "no" },
@@ -280,7 +282,9 @@ def test_simulators_reject_go_silent_and_reboot(tmp_path):
 '''
     toml = SIM_TOML[:SIM_TOML.index("events = [")] + events + SIM_TOML[SIM_TOML.index("[timeouts]"):]
     toml = toml[:toml.index("[expect]")]
+    caplog.set_level(logging.WARNING, logger="runtime.scenario.devices")
     result = run_scenario(_write(tmp_path, toml, SIM_CSV), out=io.StringIO())
+    assert [r.getMessage() for r in caplog.records if r.name == "runtime.scenario.devices"] == []
     assert result.counts == {"COMPLETED": 8, "REJECTED": 3}
     errors = {(r["asset_id"], r["type"]): r["error"] for r in result.commands if r["status"] == "REJECTED"}
     assert errors[("ev-2", "SET_CHARGE_RATE")] == "SetChargingProfile: charger answered Rejected"

@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from runtime.core.commands import Command
 
 
-pymodbus_log.install()  # pymodbus' hex dumps and routine timeouts, fit for a site's log
+pymodbus_log.install()  # pymodbus' hex dumps and routine lines (timeouts, late answers), fit for a site's log
 log = logging.getLogger(__name__)
 
 __all__ = ["ModbusBatteryLink", "exception_name", "EXCEPTION_NAMES"]

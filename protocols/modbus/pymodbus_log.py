@@ -30,27 +30,33 @@ LOGGER = "pymodbus.logging"
 DUMP = "\n>>>>> "
 #: Outcomes the link reports itself (the starts of pymodbus' messages): logged at INFO.
 ROUTINE = ("No response received after", "ERROR: received pdu without a corresponding request",
-           "received pdu without a corresponding request", "Cancel send, because not connected")
+           "Cancel send, because not connected")
 #: What pymodbus logs instead of a message equal to the one before it (once, until another comes).
 REPEATING = "Repeating...."
 
 
 class PymodbusLogFilter(logging.Filter):
-    """The filter :func:`install` adds (see the module docstring). Runs in the thread that logs; it remembers
-    whether the last message was routine, as pymodbus remembers the last message (one for all threads)."""
+    """The filter :func:`install` adds (see the module docstring). Runs in the thread that logs.
+
+    pymodbus decides on "Repeating...." against the last message of any thread, and the filter sees records
+    a moment later: so a "Repeating...." is demoted only when the last message this filter saw came from the
+    same thread and was routine (two threads logging at once may keep a routine repeat at its level, never
+    demote another one)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._last_routine = False
+        self._last: tuple[int | None, bool] = (None, False)   # (thread, routine) of the last other message
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if DUMP in message:
             record.msg, record.args = message.split(DUMP, 1)[0], None
             message = record.msg
-        routine = message.startswith(ROUTINE) or (message == REPEATING and self._last_routine)
-        if message != REPEATING:
-            self._last_routine = routine
+        if message == REPEATING:
+            routine = self._last == (record.thread, True)
+        else:
+            routine = message.startswith(ROUTINE)
+            self._last = (record.thread, routine)
         if routine and record.levelno > logging.INFO:
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             return logging.getLogger(LOGGER).isEnabledFor(logging.INFO)

@@ -207,6 +207,8 @@ class SimDevices:
         site.settle()
 
     def apply(self, site: "Site", event: "FaultEvent") -> None:
+        """Do ``event`` to its simulator (on the simulators' loop), then wait (bounded, real time) until the site
+        has seen its effect: a link down or up, a fault, or for a reboot the device connecting again."""
         v, action = event.value, event.action
         if action == "crash":
             self._links[event.asset].crash_actor()
@@ -253,7 +255,6 @@ class SimDevices:
                             event.asset, event.at_s, self.connect_timeout_s)
         finally:
             unsubscribe()
-        self._until_seen(site, event)
 
     def _until_seen(self, site: "Site", event: "FaultEvent") -> None:
         """Wait (bounded, real time) until the site has seen what the action did to the device (a link that
@@ -262,9 +263,8 @@ class SimDevices:
         asset, v = event.asset, event.value
         status = lambda: site.asset_status(asset)  # noqa: E731
         wanted: Callable[[], bool] | None = None
-        if event.action == "connected" or event.action == "reboot":
-            up = bool(v) if event.action == "connected" else True
-            wanted = lambda: (status().link == "up") == up  # noqa: E731
+        if event.action == "connected":
+            wanted = lambda: (status().link == "up") == bool(v)  # noqa: E731
         elif event.action == "status":
             wanted = lambda: (status().device_state == "FAULTED") == (v == "FAULTED")  # noqa: E731
         if wanted is not None and not _wait(site, wanted, self.connect_timeout_s):
