@@ -156,12 +156,40 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 log.debug("%s: device report after the actor stopped: %r", self.spec.asset_id, event)
 
+        if self._start_now(ctx, sink):
+            return
+
         def started(result: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
             try:
                 me.tell(LinkStarted(None if error is None else f"{type(error).__name__}: {error}"))
             except pykka.ActorDeadError:
                 pass
         self._io.post(self.link.start(ctx, sink), started)
+
+    def _start_now(self, ctx: DeviceContext, sink: Callable[[DeviceEvent], None]) -> bool:
+        """Start a link that can start at once (:meth:`DeviceLink.start_now`) in this thread: what it reported
+        meanwhile is handled, then what ``LinkStarted`` does is done, as if both had come from the loop.
+        False: the link starts on the loop."""
+        captured: list[DeviceEvent] = []
+        self._local.captured = captured
+        try:
+            started = self.link.start_now(ctx, sink)
+        except Exception as exc:  # as a failed start on the loop: logged, the asset stays unhealthy
+            log.error("%s: starting the device link failed: %s: %s", self.spec.asset_id, type(exc).__name__, exc)
+            started = True
+        finally:
+            self._local.captured = None
+        if not started:
+            return False
+        self._events_out = []
+        try:
+            for event in captured:
+                self._on_device_report(DeviceReport(event))
+            self._report_health(self._health_reason)
+        finally:
+            self._flush_events()
+            self._events_out = None
+        return True
 
     def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
         self._release_link(block=False)

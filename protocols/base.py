@@ -130,6 +130,13 @@ class DeviceLink(ABC):
         answer, as on the loop. A link that implements it must never block in it."""
         return None
 
+    def start_now(self, ctx: DeviceContext, sink: DeviceSink) -> bool:
+        """Start at once in the caller's thread (the asset actor's, in its ``on_start``), if this link can
+        without I/O or waiting, and return True; return False to have :meth:`start` run on the I/O loop
+        instead (the default). What the link reports through ``sink`` meanwhile is handled right after, as
+        the loop's reports would be. A link that implements it must never block in it."""
+        return False
+
     @abstractmethod
     async def stop(self) -> None:
         """Stop reporting and release sockets and tasks. ``start`` may be called again afterwards."""

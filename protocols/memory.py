@@ -67,9 +67,21 @@ class InMemoryDevice(DeviceLink):
         self.setpoints: dict[str, float] = {}
         self.starts = 0
         self._own_execute = type(self).execute is not InMemoryDevice.execute
+        self._own_start = type(self).start is not InMemoryDevice.start
 
     # ---- DeviceLink ---------------------------------------------------------------------------
     async def start(self, ctx: DeviceContext, sink: DeviceSink) -> None:
+        self._begin(ctx, sink)
+
+    def start_now(self, ctx: DeviceContext, sink: DeviceSink) -> bool:
+        """The same as :meth:`start`, at once; False for a subclass that overrides :meth:`start` (its own
+        start must run)."""
+        if self._own_start:
+            return False
+        self._begin(ctx, sink)
+        return True
+
+    def _begin(self, ctx: DeviceContext, sink: DeviceSink) -> None:
         with self._lock:
             self._sink, self._loop = sink, ctx.loop
             self.starts += 1

@@ -73,6 +73,7 @@ __all__ = ["Site", "SiteEvents", "UnknownAsset", "SiteNotRunning", "SiteFailed",
 
 #: How long a Site call waits for an actor's answer before giving up (seconds, real time).
 ASK_TIMEOUT_S = 30.0
+_BUSY = object()  # Site._activity: something is visibly unfinished
 
 
 
@@ -214,6 +215,7 @@ class Site:
         self._failure: str | None = None  # set (from the dying actor's thread) when a core actor dies
         self._wake = threading.Event()     # set when a core actor dies, or run_forever() gets its signal
         self._ready = False
+        self._quiet: tuple[Any, ...] | None = None  # what the last settle that found the site quiet saw
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Site":
@@ -232,6 +234,7 @@ class Site:
         if self._owns_clock:  # a stopped RealClock fires nothing: a restarted site gets a fresh one
             self.clock = RealClock()
         self._failure = None
+        self._quiet = None
         self._wake.clear()
         self._io = IOThread().start()
         self._start_services()
@@ -643,43 +646,58 @@ class Site:
         """Wait (at most ``timeout`` s of real time) until no actor has work left and the I/O loop has
         run everything that was ready; on a virtual clock also until a running journal compaction has
         finished (so replays of the same steps compact at the same points). Returns False on timeout. I/O
-        that waits on a real device (sockets) is not waited for: use :meth:`wait_for` for that."""
+        that waits on a real device (sockets) is not waited for: use :meth:`wait_for` for that.
+
+        Quiet means two looks in a row at every runtime actor's count of handled messages found the same
+        counts (each look asks every actor, after the loop has run what was ready). The last look of a
+        settle that found the site quiet counts as the first look of the next one, so a settle with
+        nothing new to wait for asks each actor once, not twice (the loop runs what was posted meanwhile
+        before the actors are asked)."""
         deadline = _time.monotonic() + timeout
-        last: float | None = None
+        last = self._quiet
+        self._quiet = None
+        try:
+            if last is not None and self._io is not None:
+                self._io.barrier(max(0.1, deadline - _time.monotonic()))
+        except TimeoutError:
+            return False
         while _time.monotonic() < deadline:
-            total = self._activity(max(0.1, deadline - _time.monotonic()))
-            if total is None:
+            counts = self._activity(max(0.1, deadline - _time.monotonic()))
+            if counts is None:
                 return False
-            if total == last:  # NaN never equals anything: a visibly unfinished step goes round again
+            if counts is not _BUSY and counts == last:
+                self._quiet = counts
                 return True
-            last = total
+            last = None if counts is _BUSY else counts
         return False
 
-    def _activity(self, timeout: float) -> float | None:
-        """Sum of the messages every runtime actor (the cloud link too) has handled, or NaN while something is
-        visibly unfinished (an asset actor died and the supervisor has not handled it yet); None on timeout."""
+    def _activity(self, timeout: float) -> "tuple[Any, ...] | object | None":
+        """The count of messages each runtime actor (the cloud link too) has handled, with the actor's
+        identity, or ``_BUSY`` while something is visibly unfinished (an asset actor died and the supervisor
+        has not handled it yet, a compaction runs on a virtual clock); None on timeout."""
         core = [self._refs.get(n) for n in ("dispatcher", "supervisor", "events")]
         if any(r is None for r in core):
             return None
         busy = False
+        counts: list[Any] = []
         try:
             pongs = [r.ask(Ping(), timeout=timeout) for r in core if r is not None]
-            total: float = sum(p.handled for p in pongs)
-            futures = []
+            counts += (p.handled for p in pongs)
+            asked = []
             for ref in pongs[1].detail.get("assets", []) + pongs[2].detail.get("subscribers", []):
                 try:
-                    futures.append(ref.ask(Ping(), block=False))
+                    asked.append((ref.actor_urn, ref.ask(Ping(), block=False)))
                 except pykka.ActorDeadError:
                     busy = True  # crashed: its Crashed message is on the way to the supervisor
-            for f in futures:
+            for urn, f in asked:
                 try:
-                    total += f.get(timeout=timeout).handled
+                    counts += (urn, f.get(timeout=timeout).handled)
                 except pykka.ActorDeadError:
                     busy = True
             edge = self._edge
             if edge is not None:  # the cloud link (dead: the site has failed, and says so)
                 try:
-                    total += edge.ask(Ping(), timeout=timeout).handled
+                    counts.append(edge.ask(Ping(), timeout=timeout).handled)
                 except pykka.ActorDeadError:
                     pass
             if self._io is not None:
@@ -690,8 +708,8 @@ class Site:
         if log_ is not None and log_.compacting and isinstance(self.clock, VirtualClock):
             # virtual time waits for a running compaction (real time would move on while it runs): where the
             # next one starts, and so the journal's layout, is the same in every run of the same steps
-            return float("nan") if log_.wait_idle(timeout) else None
-        return float("nan") if busy else total
+            return _BUSY if log_.wait_idle(timeout) else None
+        return _BUSY if busy else tuple(counts)
 
     def wait_for(self, command_id: str, statuses: Iterable[CommandStatus] = FINAL_STATUSES,
                  timeout: float = 10.0) -> Command:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -332,6 +333,29 @@ def test_a_restarted_actor_keeps_its_predecessors_targets_and_state():
         assert [a.command_id for a in dev.applied][:1] == ["a"] and dev.values() == {"SET_CHARGE_RATE": 6.0}
 
 
+def test_a_settle_with_nothing_new_looks_once_and_still_waits_for_what_the_loop_was_about_to_deliver(monkeypatch):
+    dev = InMemoryDevice("ev-1")
+    with _site(ChargerSpec("ev-1", device=dev)) as site:
+        looks = []
+        activity = Site._activity
+        monkeypatch.setattr(Site, "_activity", lambda self, timeout: looks.append(1) or activity(self, timeout))
+        assert site.settle() and len(looks) == 1       # the last look of the settle in start() counts
+        site.submit(_cmd("c1"))
+        looks.clear()
+        assert site.settle() and len(looks) == 2       # something was handled since: two looks in a row
+        changes = _events(site, EventType.STATE_CHANGED)
+
+        def busy_loop_then_report(state: str) -> None:   # on the I/O loop: it is busy a while, then the device
+            time.sleep(0.2)                               # reports (after the actors could have been asked)
+            dev.report_status(state)
+        for state in ("FAULTED", "AVAILABLE"):
+            assert site.settle()
+            site._io.loop.call_soon_threadsafe(busy_loop_then_report, state)
+            looks.clear()
+            assert site.settle() and len(looks) >= 2     # the report counted: the loop ran before the first look
+            assert changes and changes[-1].payload["to_state"] == state   # out to subscribers, not on its way
+
+
 def test_polling_a_command_never_strands_the_dispatchers_commit():
     from datetime import datetime, timezone
     with Site([ChargerSpec("ev-1", max_kw=22.0)], ack_timeout_s=1.0) as site:
@@ -402,6 +426,47 @@ def test_a_started_site_is_ready_no_command_for_an_asset_that_is_up_is_held_firs
         done = site.wait_for("x", timeout=5)
         assert done.status is S.COMPLETED and done.attempts == 1
         assert held == []
+
+
+class _StartsAtOnceFaulted(InMemoryDevice):
+    """An in-memory device that says where it was started, and reports a fault as it starts."""
+
+    def start_now(self, ctx, sink) -> bool:
+        self.started_in = threading.current_thread().name
+        started = super().start_now(ctx, sink)
+        self.report_status("FAULTED")
+        return started
+
+
+def test_an_in_memory_device_starts_in_its_actors_thread_and_what_it_reports_meanwhile_counts():
+    dev = _StartsAtOnceFaulted("ev-1")
+    with _site(ChargerSpec("ev-1", device=dev), BatterySpec("bat-1")) as site:
+        assert dev.starts == 1 and dev.started_in != "site-io"   # not on the I/O loop: no round trip
+        status = site.asset_status("ev-1")
+        assert (status.link, status.state, status.healthy) == ("up", "FAULTED", False)
+        assert site.asset_status("bat-1").healthy
+        site.submit(_cmd("c1"))
+        site.settle()
+        assert site.command("c1").status is S.HELD and dev.applied == []
+
+
+class _StartFails(InMemoryDevice):
+    def start_now(self, ctx, sink) -> bool:
+        raise OSError("no such device")
+
+
+def test_a_link_whose_immediate_start_raises_leaves_its_asset_unhealthy_and_the_site_running(caplog):
+    with _site(ChargerSpec("ev-1", device=_StartFails("ev-1")), BatterySpec("bat-1")) as site:
+        assert "ev-1: starting the device link failed: OSError: no such device" in caplog.text
+        assert site.asset_status("ev-1").link == "never connected"
+        site.submit_many([_cmd("c1"), _cmd("b1", "bat-1", ctype=T.SET_CHARGE_RATE)])
+        site.settle()
+        assert (site.command("c1").status, site.command("b1").status) == (S.HELD, S.COMPLETED)
+
+
+def test_a_device_that_overrides_start_is_started_on_the_loop():
+    dev = _SlowToConnect("ev-1")
+    assert dev.start_now(None, lambda event: None) is False and dev.starts == 0
 
 
 def test_a_charger_that_never_connected_is_not_reported_available():
