@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import Any, Callable
 
@@ -135,6 +136,9 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._local = threading.local()
         factory: Callable[..., StateMachine] = ev_charger_machine if spec.kind == "charger" else battery_machine
         self.sm = factory(spec.asset_id, on_change=self._on_state_change)
+        #: a successor of a crashed actor: its predecessor's link.stop() may still wait on the loop, so its
+        #: link starts there too, after that stop (never at once, before it)
+        self._restarted = memory is not None
         if memory is not None:  # restarted after a crash: carry on from what the predecessor knew
             self.sm.restore(self.sm.states[memory.state])
             for command in memory.targets:
@@ -156,7 +160,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 log.debug("%s: device report after the actor stopped: %r", self.spec.asset_id, event)
 
-        if self._start_now(ctx, sink):
+        if not self._restarted and self._start_now(ctx, sink):
             return
 
         def started(result: Any, error: BaseException | None) -> None:  # on the I/O thread: only tells
@@ -186,6 +190,9 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
             for event in captured:
                 self._on_device_report(DeviceReport(event))
             self._report_health(self._health_reason)
+        except Exception:  # pykka stops an actor whose on_start raises without calling on_failure: crash it
+            self.on_failure(*sys.exc_info())  # as a handler's exception does (the supervisor restarts it)
+            raise
         finally:
             self._flush_events()
             self._events_out = None

@@ -464,6 +464,23 @@ def test_a_link_whose_immediate_start_raises_leaves_its_asset_unhealthy_and_the_
         assert (site.command("c1").status, site.command("b1").status) == (S.HELD, S.COMPLETED)
 
 
+class _CrashesAsItStarts(InMemoryDevice):
+    def start_now(self, ctx, sink) -> bool:
+        started = super().start_now(ctx, sink)
+        if self.starts == 1:
+            self.crash_actor("crash while starting")
+        return started
+
+
+def test_a_crash_reported_while_the_link_starts_at_once_is_a_crash_the_supervisor_restarts():
+    policy = RestartPolicy(max_restarts=3, window_s=60, base_backoff_s=1)
+    with _site(ChargerSpec("ev-1", device=_CrashesAsItStarts("ev-1")), restart_policy=policy) as site:
+        assert site.supervision()["ev-1"] == "restarting"
+        site.advance(1)
+        assert site.supervision()["ev-1"] == "running" and site.asset_status("ev-1").healthy
+        assert site.device("ev-1").starts == 2
+
+
 def test_a_device_that_overrides_start_is_started_on_the_loop():
     dev = _SlowToConnect("ev-1")
     assert dev.start_now(None, lambda event: None) is False and dev.starts == 0
