@@ -171,31 +171,27 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
         self._io.post(self.link.start(ctx, sink), started)
 
     def _start_now(self, ctx: DeviceContext, sink: Callable[[DeviceEvent], None]) -> bool:
-        """Start a link that can start at once (:meth:`DeviceLink.start_now`) in this thread: what it reported
-        meanwhile is handled, then what ``LinkStarted`` does is done, as if both had come from the loop.
+        """Start a link that can start at once (:meth:`DeviceLink.start_now`) in this thread, then handle what it
+        reported meanwhile and its ``LinkStarted`` as the messages they would have been from the loop.
         False: the link starts on the loop."""
         captured: list[DeviceEvent] = []
         self._local.captured = captured
+        error = None
         try:
             started = self.link.start_now(ctx, sink)
-        except Exception as exc:  # as a failed start on the loop: logged, the asset stays unhealthy
-            log.error("%s: starting the device link failed: %s: %s", self.spec.asset_id, type(exc).__name__, exc)
-            started = True
+        except Exception as exc:  # as a failed start on the loop
+            started, error = True, f"{type(exc).__name__}: {exc}"
         finally:
             self._local.captured = None
         if not started:
             return False
-        self._events_out = []
         try:
             for event in captured:
-                self._on_device_report(DeviceReport(event))
-            self._report_health(self._health_reason)
+                self.receive(DeviceReport(event))
+            self.receive(LinkStarted(error))
         except Exception:  # pykka stops an actor whose on_start raises without calling on_failure: crash it
             self.on_failure(*sys.exc_info())  # as a handler's exception does (the supervisor restarts it)
             raise
-        finally:
-            self._flush_events()
-            self._events_out = None
         return True
 
     def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
