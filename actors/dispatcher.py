@@ -417,21 +417,29 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
     def _send(self) -> None:
         outbox, self._outbox = self._outbox, {}
         now = self._clock.time()
+        get, dispatched = self._table.get, CommandStatus.DISPATCHED
         for asset_id, queued in outbox.items():
             # a command held, released or superseded later in the same burst may be queued twice or
             # not be in flight any more: send each id once, as the snapshot the table has now
-            commands: dict[str, Command] = {}
-            for c in queued:
-                current = self._table.get(c.command_id)
-                if current is not None and current.status is CommandStatus.DISPATCHED:
-                    commands[c.command_id] = current
-            if not commands:
-                continue
+            if len(queued) == 1:
+                current = get(queued[0].command_id)
+                if current is None or current.status is not dispatched:
+                    continue
+                commands: tuple[Command, ...] = (current,)
+            else:
+                once: dict[str, Command] = {}
+                for c in queued:
+                    current = get(c.command_id)
+                    if current is not None and current.status is dispatched:
+                        once[c.command_id] = current
+                if not once:
+                    continue
+                commands = tuple(once.values())
             ref = self._refs.get(asset_id)
             try:
                 if ref is None:
                     raise pykka.ActorDeadError(asset_id)
-                ref.tell(Execute(tuple(commands.values())))
+                ref.tell(Execute(commands))
             except pykka.ActorDeadError:  # died since due() saw it available: hold, resend on AssetUp
                 self._refs.pop(asset_id, None)
                 self._changes += self._table.hold_in_flight(asset_id, f"asset actor {asset_id} is not running", now)

@@ -20,6 +20,7 @@ _CHARGER_TYPES = frozenset({CommandType.SET_CHARGE_RATE, CommandType.SET_POWER_L
 _BATTERY_TYPES = frozenset({CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE,
                             CommandType.SET_POWER_LIMIT, CommandType.SET_SOC_TARGET,
                             CommandType.CHANGE_AVAILABILITY})
+_RATE_TYPES = frozenset({CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE, CommandType.SET_POWER_LIMIT})
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,23 @@ class AssetSpec:
     def check(self, command: Command) -> str | None:
         """Why ``command`` is invalid for this device, or None when it is fine."""
         ct, v = command.command_type, command.value
-        if ct not in self.supported():
+        if ct not in (_CHARGER_TYPES if self.kind == "charger" else _BATTERY_TYPES):
             return f"{ct.value} is not supported by {self.kind} {self.asset_id}"
-        if ct in (CommandType.SET_CHARGE_RATE, CommandType.SET_DISCHARGE_RATE, CommandType.SET_POWER_LIMIT):
+        if ct in _RATE_TYPES:
             if v < 0:
                 return f"value {v} kW for {ct.value} on {self.asset_id} is negative"
-            limit = {CommandType.SET_CHARGE_RATE: self.max_charge_kw,
-                     CommandType.SET_DISCHARGE_RATE: self.max_discharge_kw,
-                     CommandType.SET_POWER_LIMIT: max(self.max_charge_kw, self.max_discharge_kw)}[ct]
+            if ct is CommandType.SET_CHARGE_RATE:
+                limit = self.max_charge_kw
+            elif ct is CommandType.SET_DISCHARGE_RATE:
+                limit = self.max_discharge_kw
+            else:
+                limit = max(self.max_charge_kw, self.max_discharge_kw)
             if v > limit + 1e-9:
                 return f"value {v} kW for {ct.value} on {self.asset_id} exceeds the device limit {limit} kW"
-        if ct is CommandType.SET_SOC_TARGET and not 0 <= v <= 100:
-            return f"value {v} % for SET_SOC_TARGET on {self.asset_id} is outside 0..100"
-        if ct is CommandType.CHANGE_AVAILABILITY and v not in (0, 1):
+        elif ct is CommandType.SET_SOC_TARGET:
+            if not 0 <= v <= 100:
+                return f"value {v} % for SET_SOC_TARGET on {self.asset_id} is outside 0..100"
+        elif ct is CommandType.CHANGE_AVAILABILITY and v not in (0, 1):
             return f"value {v} for CHANGE_AVAILABILITY on {self.asset_id} must be 1 (operative) or 0 (inoperative)"
         return None
 
