@@ -44,3 +44,20 @@ def test_quick_ocpp_bench_times_both_sides_and_stops_everything():
     assert line.startswith("ocpp single") and "ours_p99_ms=" in line and "bare_p99_ms=" in line
     samples = int(line.split("samples=")[1].split()[0])
     assert samples >= 50
+
+
+def test_a_part_run_with_the_site_process_settings_leaves_the_interpreter_as_it_found_it():
+    import gc
+    import sys
+
+    from runtime.bench.interpreter import interpreter
+    from runtime.service.process import SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    with interpreter(True) as setting:
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_S != before
+        assert gc.get_freeze_count() > 0
+        assert setting.startswith("site process")
+    assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0
+    with interpreter(False) as setting:
+        assert setting.startswith("default") and sys.getswitchinterval() == before

@@ -33,10 +33,10 @@ runtime.bench.fleet_bare``) runs through it and must stay lean. Each part is imp
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import Callable, Iterator, TextIO
+from typing import Callable, TextIO
 
+from .interpreter import interpreter
 from .report import print_figures
 
 __all__ = ["run_bench", "TARGETS"]
@@ -44,25 +44,6 @@ __all__ = ["run_bench", "TARGETS"]
 TARGETS = {"schedule_ms": 100.0, "schedule_speedup": 50.0, "dispatcher_us": 20.0,
            "throughput_per_s": {1: 10_000.0, 4: 25_000.0}, "latency_p99_ms": 1.0,
            "startup_s": 5.0, "startup_vs_bare": 2.0, "startup_rss_mb": 600.0}
-
-
-@contextlib.contextmanager
-def _interpreter(tuned: bool) -> Iterator[str]:
-    """As an embedded Site runs (the interpreter as it is), or with the site process's settings
-    (:func:`runtime.service.process.tune_interpreter`), restored afterwards."""
-    if not tuned:
-        yield f"default (switch interval {sys.getswitchinterval():g} s)"
-        return
-    import gc
-
-    from runtime.service.process import tune_interpreter
-    before = sys.getswitchinterval()
-    done = tune_interpreter()
-    try:
-        yield f"site process (switch interval {done['switch_interval_s']:g} s, gc.freeze)"
-    finally:
-        sys.setswitchinterval(before)
-        gc.unfreeze()
 
 
 def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -89,7 +70,7 @@ def run_bench(quick: bool = False, only: list[str] | None = None, out: TextIO | 
     def throughput() -> None:
         from .throughput import bench_pykka_ceiling, bench_throughput
         for tuned in (False, True):
-            with _interpreter(tuned) as setting:
+            with interpreter(tuned) as setting:
                 r = bench_pykka_ceiling(n_actors=n(200, 1000))
                 r["interpreter"] = setting
                 print_figures(out, "ceiling", r, [("bare pykka hub -> leaf -> hub, no work: the most any actor "

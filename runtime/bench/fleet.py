@@ -28,12 +28,11 @@ the fleet must connect within ``connect_timeout`` (an error names how many did),
 ``step_timeout``. Every child process is stopped (SIGTERM, then SIGKILL) and the site is stopped before
 :func:`run_fleet_bench` returns, also on errors.
 
-Interpreter settings: ours runs as an embedded :class:`~runtime.site.Site` finds the interpreter (CPython's
-defaults: 5 ms switch interval, no ``gc.freeze()``), as the bare process does; neither side is tuned. A
-``coordinator run`` site process applies :func:`runtime.service.process.tune_interpreter` after start-up
-(10 ms switch interval, ``gc.freeze()``), which on this step roughly halves our garbage-collector time
-(measured outside this bench: about 85 -> 30 ms and 500 -> 410 ms CPU per step); a host application that
-embeds a Site decides that for its own interpreter.
+Interpreter settings: by default ours runs as an embedded :class:`~runtime.site.Site` finds the interpreter
+(CPython's defaults: 5 ms switch interval, no ``gc.freeze()``), as the bare process does. With ``tuned``, ours
+runs as in a ``coordinator run`` site process: :func:`runtime.service.process.tune_interpreter` is applied
+once the site has started (longer switch interval, ``gc.freeze()``) and undone at the end; the bare process
+is never tuned (a plain script runs with the defaults). ``coordinator bench --only fleet`` prints both runs.
 
 Figures per set-up: p50 / p99 / max latency over all steps and of the first step alone, the process's
 CPU time per step (``cpu_ms``) and its garbage-collector pauses per step (``gc_ms``, longest
@@ -62,6 +61,7 @@ from runtime.site import Site
 
 from .fleet_sims import ID_PREFIX, ROOT, SimProcess, charger_args, start_batteries
 from .fleet_step import GcMeter, Step, step_values
+from .interpreter import interpreter
 from .report import mean, ms, print_figures, summary
 
 __all__ = ["run_fleet_bench", "run_fleet_bench_part", "fleet_specs", "connect_fleet", "TARGETS"]
@@ -330,7 +330,7 @@ def _figures(steps: list[Step], total: int) -> dict[str, Any]:
 
 def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str = "1.6", steps: int = 5,
                     concurrency: int = 50, journal: bool = True, step_timeout: float = 45.0,
-                    connect_timeout: float | None = None) -> dict[str, Any]:
+                    connect_timeout: float | None = None, tuned: bool = False) -> dict[str, Any]:
     """Run both measurements (see the module docstring) and return their figures.
 
     Both set-ups are connected at the same time (each to its own simulator processes) and their steps
@@ -355,6 +355,7 @@ def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str =
         ours = _SiteRig(n_chargers, ports["site"], version, concurrency, tmp)
         stack.callback(ours.stop)
         ours_setup = ours.start(connect_timeout)
+        setting = stack.enter_context(interpreter(tuned))  # after the site started, as the site process does
         bare = _BareProcess(n_chargers, ports["bare"], version, concurrency)
         stack.callback(bare.stop)
         bare_setup = bare.start(connect_timeout)
@@ -385,24 +386,30 @@ def run_fleet_bench(n_chargers: int = 500, n_batteries: int = 50, version: str =
         return round(a / b, 2) if a is not None and b else None
 
     return {"chargers": n_chargers, "batteries": n_batteries, "ocpp": version, "steps": steps,
-            "journal": "batch" if journal else "off", "ours": r_ours, "bare": r_bare,
+            "journal": "batch" if journal else "off", "interpreter": setting, "ours": r_ours, "bare": r_bare,
             "ratio_p50": ratio("p50_ms"), "ratio_p99": ratio("p99_ms")}
 
 
 def run_fleet_bench_part(out: TextIO, quick: bool) -> None:
-    """The ``fleet`` part of ``coordinator bench`` (quick: 50 chargers + 5 batteries)."""
+    """The ``fleet`` part of ``coordinator bench`` (quick: 50 chargers + 5 batteries): a run with ours as an
+    embedded Site, then one with ours as in the site process (see the module docstring)."""
+    for tuned in (False, True):
+        _fleet_run(out, quick, tuned)
+
+
+def _fleet_run(out: TextIO, quick: bool, tuned: bool) -> None:
     n_chargers, n_batteries = (50, 5) if quick else (500, 50)
     try:
-        r = run_fleet_bench(n_chargers=n_chargers, n_batteries=n_batteries)
+        r = run_fleet_bench(n_chargers=n_chargers, n_batteries=n_batteries, tuned=tuned)
     except Exception as exc:
-        print_figures(out, "fleet", {"chargers": n_chargers, "batteries": n_batteries, "error": f"{type(exc).__name__}: {exc}"},
-                   [("ran to the end", False)])
+        print_figures(out, "fleet", {"chargers": n_chargers, "batteries": n_batteries, "tuned": tuned,
+                                     "error": f"{type(exc).__name__}: {exc}"}, [("ran to the end", False)])
         return
     ours, bare = r["ours"], r["bare"]
     shown = ("connect_s", "commands", "completed", "p50_ms", "p99_ms", "max_ms", "first_p50_ms", "first_p99_ms",
              "cpu_ms", "gc_ms", "gc_max_ms", "statuses", "held", "not_completed", "disconnects", "disconnected")
     print_figures(out, "fleet", {"chargers": r["chargers"], "batteries": r["batteries"], "ocpp": r["ocpp"], "steps": r["steps"],
-                         "journal": r["journal"], **{k: ours[k] for k in shown if k in ours},
+                         "journal": r["journal"], "interpreter": r["interpreter"], **{k: ours[k] for k in shown if k in ours},
                          "submit_ms": ours.get("submit_ms"), "stop_s": ours.get("stop_s")},
           [("every command COMPLETED", bool(ours.get("all_completed"))),
            (f"p99 <= {TARGETS['p99_ms']:g} ms", ours.get("p99_ms") is not None and ours["p99_ms"] <= TARGETS["p99_ms"])])
