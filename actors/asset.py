@@ -81,8 +81,20 @@ class AssetCrash(RuntimeError):
 
 async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float,
                  lock: asyncio.Lock) -> tuple[tuple[str, DeviceResult], ...]:
+    """Send ``commands`` to the device in order, one device call at a time per asset (``lock``), each
+    bounded by ``timeout``. The wait for the asset's previous call is bounded by ``timeout`` too: a call
+    that cannot start by then is answered TIMED_OUT without reaching the device (the dispatcher retries
+    it). So an asset whose device, or the loop, is slower than the dispatcher's timeouts holds at most
+    about one waiting call, instead of a queue of stale ones that would reach the device long after the
+    dispatcher gave up on them."""
+    try:
+        async with asyncio.timeout(timeout):
+            await lock.acquire()
+    except TimeoutError:
+        reason = f"not sent: the asset's previous device call was still running after {timeout} s"
+        return tuple((c.command_id, DeviceResult(Outcome.TIMED_OUT, reason)) for c in commands)
     results = []
-    async with lock:
+    try:
         for command in commands:
             try:
                 async with asyncio.timeout(timeout):  # no extra task per command, unlike wait_for
@@ -93,6 +105,8 @@ async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float
                 log.exception("%s.execute(%s) raised", link.describe(), command.command_id)
                 result = DeviceResult(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
             results.append((command.command_id, result))
+    finally:
+        lock.release()
     return tuple(results)
 
 

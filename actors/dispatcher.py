@@ -325,7 +325,7 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         if s is CommandStatus.REJECTED:
             return t.reject(cid, report.reason or "rejected by the device", now)
         if s is CommandStatus.TIMED_OUT:
-            return t.time_out(cid, now)
+            return t.time_out(cid, now, report.reason)
         if s is CommandStatus.HELD:
             return t.hold(cid, report.reason or "asset not healthy", now)
         return t.fail(cid, report.reason or "device failure", now, retryable=report.retryable)

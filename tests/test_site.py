@@ -143,6 +143,41 @@ def test_a_silent_device_times_out_and_attempts_are_bounded():
         assert site.command("c1").status is S.TIMED_OUT and site.command("c1").attempts == 2
 
 
+class _Recording(InMemoryDevice):
+    """An in-memory device that records every (command, attempt) that reached it, answered or not."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reached: list[tuple[str, int]] = []
+
+    async def execute(self, command):
+        self.reached.append((command.command_id, command.attempts))
+        return await super().execute(command)
+
+
+def test_a_device_call_that_cannot_start_in_time_never_reaches_the_device_and_is_retried():
+    dev = _Recording("bat-1")
+    retry = RetryPolicy(max_attempts=3, base_delay_s=1, jitter=0)
+    rates = (T.SET_CHARGE_RATE, T.SET_DISCHARGE_RATE, T.SET_POWER_LIMIT)
+    with _site(BatterySpec("bat-1", device=dev), retry=retry, ack_timeout_s=0.5) as site:
+        dev.set_silent(True)   # each of the first call's three commands waits out its 0.5 s: 1.5 s in all
+        site.submit_many([_cmd(f"old-{k}", "bat-1", 5.0, ctype=t) for k, t in enumerate(rates)])
+        wait_until(lambda: dev.reached, what="the first call at the device")
+        # newer setpoints supersede the three in flight, so they go at once, behind the first call
+        site.submit_many([_cmd(f"new-{k}", "bat-1", 6.0, ctype=t) for k, t in enumerate(rates)])
+        wait_until(lambda: site.command("new-0").status is S.PENDING, timeout=5, what="new-0 back to PENDING")
+        new0 = site.command("new-0")
+        assert new0.attempts == 1 and "not sent: the asset's previous device call was still running" in new0.last_error
+        assert not [hit for hit in dev.reached if hit[0].startswith("new")]   # it never reached the device
+        wait_until(lambda: len(dev.reached) == 3, timeout=5, what="the first call's three commands")
+        dev.set_silent(False)
+        site.advance(1)   # the retry
+        wait_until(lambda: site.command("new-2").status is S.COMPLETED, timeout=5, what="the retries")
+        assert [c for c, _ in dev.reached] == ["old-0", "old-1", "old-2", "new-0", "new-1", "new-2"]
+        assert {a for c, a in dev.reached if c.startswith("new")} == {2}
+        assert [site.command(f"old-{k}").status for k in range(3)] == [S.SUPERSEDED] * 3
+
+
 def test_a_newer_setpoint_supersedes_a_held_one():
     with _site() as site:
         site.device("ev-1").set_connected(False)

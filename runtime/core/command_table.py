@@ -522,16 +522,19 @@ class CommandTable:
             return []
         return [self._retry_or_end(e, now, error, _S.FAILED, EventType.COMMAND_FAILED, retryable)]
 
-    def time_out(self, command_id: str, now: float) -> list[Change]:
+    def time_out(self, command_id: str, now: float, reason: str | None = None) -> list[Change]:
         """An in-flight command got no (acknowledgement or completion) answer in time.
 
         Same retry rule as :meth:`fail`; without a retry left it ends TIMED_OUT. Ignored ([])
-        unless in flight. :meth:`sweep` calls this at the deadlines it tracks.
+        unless in flight. :meth:`sweep` calls this at the deadlines it tracks; ``reason`` (a device's
+        own timeout, as its asset reported it) becomes ``last_error``, else the deadline that passed.
         """
         e = self._entry(command_id, now)
         if e is None or e.command.status not in _IN_FLIGHT:
             return []
-        if e.command.status is _S.DISPATCHED:
+        if reason:
+            error = f"{reason} (attempt {e.command.attempts})"
+        elif e.command.status is _S.DISPATCHED:
             error = f"no acknowledgement after {now - e.dispatched_at:g} s (attempt {e.command.attempts})"
         else:
             error = f"not completed {now - e.acked_at:g} s after acknowledgement (attempt {e.command.attempts})"
