@@ -61,3 +61,33 @@ def test_a_part_run_with_the_site_process_settings_leaves_the_interpreter_as_it_
     assert sys.getswitchinterval() == before and gc.get_freeze_count() == 0
     with interpreter(False) as setting:
         assert setting.startswith("default") and sys.getswitchinterval() == before
+
+
+def test_thread_cpu_counts_each_kind_of_thread_by_its_name_without_the_number():
+    import threading
+
+    from runtime.bench.thread_cpu import ThreadCpu
+
+    burned, hold = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        sum(i * i for i in range(300_000))
+        burned.set()
+        hold.wait(5)
+
+    cpu = ThreadCpu()
+    cpu.start()
+    threads = [threading.Thread(target=burn, name=f"Burner-{k}") for k in (7, 8)]
+    for t in threads:
+        t.start()
+    try:
+        assert burned.wait(5)
+        cpu.stop()
+    finally:
+        hold.set()
+        for t in threads:
+            t.join(5)
+    split = cpu.per(1, top=1)
+    assert list(split) == ["Burner", "other"] or list(split) == ["Burner"], split
+    assert split["Burner"] > 1000.0   # microseconds: the squares above take far more than 1 ms
+    assert cpu.per(0) == {}

@@ -5,6 +5,10 @@
   the disk), for steps of 1 and of 4 setpoints per battery.
 * :func:`bench_pykka_ceiling`: the same fan-out/fan-in shape with empty pykka actors: the most any
   design with one thread per asset can get on this machine.
+
+Both print ``cpu_us_by_thread``: the CPU per command (round trip) of each kind of thread, from the
+kernel's per-thread counters (:mod:`.thread_cpu`): the dispatcher's, the event actor's and the asset
+actors' share, where ``cpu_us_per_command`` is the whole process's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from runtime.core.clock import VirtualClock
 from runtime.core.commands import Command, CommandType
 from runtime.core.events import Event, EventType
 from runtime.site import Site
+
+from .thread_cpu import ThreadCpu
 
 __all__ = ["bench_throughput", "bench_pykka_ceiling"]
 
@@ -55,6 +61,8 @@ def bench_throughput(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
             steps = [[Command(f"w{w}-{i}-{k}", f"bat-{i}", _BATTERY_CHANNELS[k], float(1 + (w + k) % 20), now)
                       for i in range(n_assets) for k in range(channels)] for w in range(waves)]
             completed = True
+            threads = ThreadCpu()
+            threads.start()
             cpu0 = time.process_time()
             t0 = time.perf_counter()
             for step in steps:
@@ -65,10 +73,12 @@ def bench_throughput(n_assets: int = 1000, waves: int = 20, channels: int = 1, j
                     break
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - cpu0
+            threads.stop()
     return {"assets": n_assets, "setpoints_per_asset": channels, "commands": total, "completed": seen[0],
             "all_completed": completed, "seconds": round(elapsed, 3),
             "commands_per_s": round(seen[0] / elapsed), "step_ms": round(1000 * elapsed / waves, 1),
-            "cpu_us_per_command": round(1e6 * cpu / max(1, seen[0]), 1)}
+            "cpu_us_per_command": round(1e6 * cpu / max(1, seen[0]), 1),
+            "cpu_us_by_thread": threads.per(seen[0])}
 
 
 class _Hub(pykka.ThreadingActor):
@@ -104,6 +114,8 @@ def bench_pykka_ceiling(n_actors: int = 1000, waves: int = 20) -> dict[str, Any]
     leaves = [_Leaf.start(hub) for _ in range(n_actors)]
     hub.proxy().leaves = leaves
     try:
+        threads = ThreadCpu()
+        threads.start()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for _ in range(waves):
@@ -112,8 +124,10 @@ def bench_pykka_ceiling(n_actors: int = 1000, waves: int = 20) -> dict[str, Any]
             done.wait(60)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
+        threads.stop()
     finally:
         for ref in [hub, *leaves]:
             ref.stop(block=True, timeout=10)
     return {"actors": n_actors, "round_trips_per_s": round(n_actors * waves / elapsed),
-            "fan_out_ms": round(1000 * elapsed / waves, 1), "cpu_us_per_round_trip": round(1e6 * cpu / (n_actors * waves), 1)}
+            "fan_out_ms": round(1000 * elapsed / waves, 1), "cpu_us_per_round_trip": round(1e6 * cpu / (n_actors * waves), 1),
+            "cpu_us_by_thread": threads.per(n_actors * waves)}
