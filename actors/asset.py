@@ -79,20 +79,27 @@ class AssetCrash(RuntimeError):
     """Raised inside the actor to crash it on purpose (fault injection via CrashRequest)."""
 
 
-async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float,
-                 lock: asyncio.Lock) -> tuple[tuple[str, DeviceResult], ...]:
+#: ``DeviceResult.detail`` of a command that never reached the device (see :func:`_apply`)
+_NOT_SENT = {"sent": False}
+
+
+async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float, lock: asyncio.Lock,
+                 wait_s: float | None) -> tuple[tuple[str, DeviceResult], ...]:
     """Send ``commands`` to the device in order, one device call at a time per asset (``lock``), each
-    bounded by ``timeout``. The wait for the asset's previous call is bounded by ``timeout`` too: a call
-    that cannot start by then is answered TIMED_OUT without reaching the device (the dispatcher retries
-    it). So an asset whose device, or the loop, is slower than the dispatcher's timeouts holds at most
-    about one waiting call, instead of a queue of stale ones that would reach the device long after the
-    dispatcher gave up on them."""
-    try:
-        async with asyncio.timeout(timeout):
-            await lock.acquire()
-    except TimeoutError:
-        reason = f"not sent: the asset's previous device call was still running after {timeout} s"
-        return tuple((c.command_id, DeviceResult(Outcome.TIMED_OUT, reason)) for c in commands)
+    bounded by ``timeout``. With ``wait_s``, the wait for the asset's previous call is bounded too: a
+    call that cannot start by then is answered NOT_CONNECTED with detail ``_NOT_SENT``, and its commands,
+    which never reached the device, are held and sent again at once without losing an attempt. So an
+    asset whose device, or the loop, is slower than the dispatcher's timeouts and supersessions holds at
+    most about one waiting call, instead of a queue of calls that grows with every new Execute."""
+    if wait_s is None:
+        await lock.acquire()
+    else:
+        try:
+            async with asyncio.timeout(wait_s):
+                await lock.acquire()
+        except TimeoutError:
+            reason = f"not sent: the asset's previous device call was still running after {wait_s:g} s"
+            return tuple((c.command_id, DeviceResult(Outcome.NOT_CONNECTED, reason, _NOT_SENT)) for c in commands)
     results = []
     try:
         for command in commands:
@@ -332,7 +339,10 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                                    attempts=tuple(attempts_of.get(cid, 0) for cid, _ in results)))
             except pykka.ActorDeadError:
                 pass
-        self._in_flight[token] = self._io.post(_apply(self.link, commands, self._ack_timeout_s, self._lock), done)
+        # a re-send after a reboot waits for its turn: nothing else would put those setpoints back
+        wait_s = None if resend else self._ack_timeout_s
+        self._in_flight[token] = self._io.post(_apply(self.link, commands, self._ack_timeout_s, self._lock, wait_s),
+                                               done)
 
     def _run_now(self, commands: tuple[Command, ...], resend: bool) -> tuple[Command, ...]:
         """Ask the link to answer ``commands`` at once (:meth:`DeviceLink.execute_now`); returns those it
@@ -387,7 +397,7 @@ class AssetActor(HandlerTable, pykka.ThreadingActor):
                     self._remember_target(command)
             elif status is CommandStatus.ACKNOWLEDGED and command is not None:
                 self._awaiting[cid] = command
-            elif status is CommandStatus.HELD:
+            elif status is CommandStatus.HELD and result.detail is not _NOT_SENT:
                 self._set_link(False, result.reason or "device not connected")
             reports.append(CommandReport(cid, status, result.reason,
                                          retryable=status is not CommandStatus.REJECTED, attempt=attempt))

@@ -155,27 +155,58 @@ class _Recording(InMemoryDevice):
         return await super().execute(command)
 
 
-def test_a_device_call_that_cannot_start_in_time_never_reaches_the_device_and_is_retried():
+def test_a_device_call_that_cannot_start_in_time_is_held_and_sent_again_without_losing_an_attempt():
     dev = _Recording("bat-1")
-    retry = RetryPolicy(max_attempts=3, base_delay_s=1, jitter=0)
     rates = (T.SET_CHARGE_RATE, T.SET_DISCHARGE_RATE, T.SET_POWER_LIMIT)
-    with _site(BatterySpec("bat-1", device=dev), retry=retry, ack_timeout_s=0.5) as site:
-        dev.set_silent(True)   # each of the first call's three commands waits out its 0.5 s: 1.5 s in all
+    with _site(BatterySpec("bat-1", device=dev), retry=RetryPolicy(max_attempts=1), ack_timeout_s=1.0) as site:
+        held = _events(site, EventType.COMMAND_HELD)
+        dev.set_silent(True)   # each of the first call's three commands waits out its 1 s: 3 s in all
         site.submit_many([_cmd(f"old-{k}", "bat-1", 5.0, ctype=t) for k, t in enumerate(rates)])
         wait_until(lambda: dev.reached, what="the first call at the device")
-        # newer setpoints supersede the three in flight, so they go at once, behind the first call
-        site.submit_many([_cmd(f"new-{k}", "bat-1", 6.0, ctype=t) for k, t in enumerate(rates)])
-        wait_until(lambda: site.command("new-0").status is S.PENDING, timeout=5, what="new-0 back to PENDING")
-        new0 = site.command("new-0")
-        assert new0.attempts == 1 and "not sent: the asset's previous device call was still running" in new0.last_error
-        assert not [hit for hit in dev.reached if hit[0].startswith("new")]   # it never reached the device
-        wait_until(lambda: len(dev.reached) == 3, timeout=5, what="the first call's three commands")
-        dev.set_silent(False)
-        site.advance(1)   # the retry
-        wait_until(lambda: site.command("new-2").status is S.COMPLETED, timeout=5, what="the retries")
-        assert [c for c, _ in dev.reached] == ["old-0", "old-1", "old-2", "new-0", "new-1", "new-2"]
-        assert {a for c, a in dev.reached if c.startswith("new")} == {2}
+        # newer setpoints (and a one-off command) supersede the three in flight and go at once, behind that call
+        site.submit_many([_cmd(f"new-{k}", "bat-1", 6.0, ctype=t) for k, t in enumerate(rates)]
+                         + [_cmd("avail", "bat-1", 1, ctype=T.CHANGE_AVAILABILITY)])
+        wait_until(lambda: [e for e in held if e.payload["command_id"] == "avail"], timeout=5,
+                   what="the waiting call given up")
+        note = next(e for e in held if e.payload["command_id"] == "avail").payload["error"]
+        assert "not sent: the asset's previous device call was still running after 1 s" in note
+        assert not [hit for hit in dev.reached if not hit[0].startswith("old")]   # none reached the device
+        assert site.asset_status("bat-1").link == "up" and site.asset_status("bat-1").healthy
+        dev.set_silent(False)   # the first call ends; the commands sent again go through
+        wait_until(lambda: site.command("avail").is_final and site.command("new-2").is_final, timeout=10,
+                   what="the commands sent again")
+        for cid in ("new-0", "new-1", "new-2", "avail"):   # one attempt allowed, and it was not used up waiting
+            assert (site.command(cid).status, site.command(cid).attempts) == (S.COMPLETED, 1), site.command(cid)
+        assert sorted(c for c, _ in dev.reached if not c.startswith("old")) == ["avail", "new-0", "new-1", "new-2"]
         assert [site.command(f"old-{k}").status for k in range(3)] == [S.SUPERSEDED] * 3
+
+
+class _SlowDischarge(InMemoryDevice):
+    """Answers every command, but takes 0.4 s for a discharge or power-limit setpoint (within its 0.5 s)."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.reached: list[str] = []
+
+    async def execute(self, command):
+        self.reached.append(command.command_id)
+        if command.command_type in (T.SET_DISCHARGE_RATE, T.SET_POWER_LIMIT):
+            await asyncio.sleep(0.4)   # the device's own pace
+        return await super().execute(command)
+
+
+def test_targets_re_sent_after_a_reboot_wait_for_a_long_call_instead_of_being_dropped():
+    dev = _SlowDischarge("bat-1", kind="battery")
+    with _site(BatterySpec("bat-1", device=dev), ack_timeout_s=0.5) as site:
+        site.submit(_cmd("charge", "bat-1", 5.0, ctype=T.SET_CHARGE_RATE))
+        wait_until(lambda: site.command("charge").status is S.COMPLETED, what="charge completed")
+        # one call of two slow commands holds the asset's lock about 0.8 s, longer than the 0.5 s bound
+        site.submit_many([_cmd("dis", "bat-1", 0.0, ctype=T.SET_DISCHARGE_RATE),
+                          _cmd("lim", "bat-1", 40.0, ctype=T.SET_POWER_LIMIT)])
+        wait_until(lambda: "dis" in dev.reached, what="the long call at the device")
+        dev.reboot()   # forgets its setpoints: the asset re-applies the charge rate, after that call
+        wait_until(lambda: dev.setpoints.get("SET_CHARGE_RATE") == 5.0, timeout=5, what="the charge rate re-applied")
+        wait_until(lambda: site.command("lim").status is S.COMPLETED, what="lim completed")
 
 
 def test_a_newer_setpoint_supersedes_a_held_one():
@@ -377,7 +408,8 @@ def test_a_settle_with_nothing_new_looks_once_and_still_waits_for_what_the_loop_
         assert site.settle() and len(looks) == 1       # the last look of the settle in start() counts
         site.submit(_cmd("c1"))
         looks.clear()
-        assert site.settle() and len(looks) == 2       # something was handled since: two looks in a row
+        # something was handled since: two looks in a row at least (more when the first one met c1 on its way)
+        assert site.settle() and len(looks) >= 2
         changes = _events(site, EventType.STATE_CHANGED)
 
         def busy_loop_then_report(state: str) -> None:   # on the I/O loop: it is busy a while, then the device

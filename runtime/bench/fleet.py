@@ -32,7 +32,8 @@ Interpreter settings: by default ours runs as an embedded :class:`~runtime.site.
 (CPython's defaults: 5 ms switch interval, no ``gc.freeze()``), as the bare process does. With ``tuned``, ours
 runs as in a ``coordinator run`` site process: :func:`runtime.service.process.tune_interpreter` is applied
 once the site has started (longer switch interval, ``gc.freeze()``) and undone at the end; the bare process
-is never tuned (a plain script runs with the defaults). ``coordinator bench --only fleet`` prints both runs.
+is never tuned (a plain script runs with the defaults); ``connect_s`` is measured before the settings apply.
+``coordinator bench --only fleet`` prints both runs.
 
 Figures per set-up: p50 / p99 / max latency over all steps and of the first step alone, the process's
 CPU time per step (``cpu_ms``) and its garbage-collector pauses per step (``gc_ms``, longest

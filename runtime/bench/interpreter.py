@@ -18,8 +18,9 @@ __all__ = ["interpreter"]
 
 @contextlib.contextmanager
 def interpreter(tuned: bool) -> Iterator[str]:
-    """Yield a label of the setting; with ``tuned``, apply the site process's settings and restore the switch
-    interval and unfreeze the collector afterwards (main thread or not: both are process-wide)."""
+    """Yield a label of the setting; with ``tuned``, apply the site process's settings, then restore the switch
+    interval and unfreeze the collector (process-wide; ``gc.unfreeze`` releases every frozen object, so this
+    is for a benchmark process that freezes nothing else)."""
     if not tuned:
         yield f"default (switch interval {sys.getswitchinterval():g} s)"
         return

@@ -817,7 +817,14 @@ class CommandTable:
         new deadlines (unless ``arm`` is False: the caller moves it on at once). ``sent``: this is a send,
         attempts + 1, and ``granted`` (when not None) is what the policy allowed."""
         old = e.command
-        new = old.evolve(status, **fields) if fields else _moved(old, status, sent, granted)
+        if fields:
+            if sent:
+                fields["attempts"] = old.attempts + 1
+                if granted is not None:
+                    fields["granted"] = granted
+            new = old.evolve(status, **fields)
+        else:
+            new = _moved(old, status, sent, granted)
         if "priority" in fields:
             e.order = (-new.priority, e.sched, e.seq)
         cid = new.command_id
