@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="cloud commands per second through the router (default 10)")
     soak.add_argument("--seed", type=integer(), default=1, help="seed of the faults drawn (default 1)")
     soak.add_argument("--trace-memory", action="store_true",
-                      help="trace allocations after the warm-up (slower) and print where what is still held at "
-                           "the end was allocated")
+                      help="trace allocations after the warm-up and print where what is still held at the end "
+                           "was allocated (several times slower: use it with a smaller site, e.g. --chargers 100 "
+                           "--batteries 10)")
 
 
 def run(args: argparse.Namespace) -> int:
