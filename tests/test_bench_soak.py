@@ -56,6 +56,7 @@ def test_a_short_soak_carries_site_and_cloud_commands_and_leaks_nothing() -> Non
     (("--minutes", "1", "--batteries", "0"), "--batteries"),
     (("--minutes", "1", "--chargers", "many"), "--chargers"),
     (("--minutes", "1", "--cloud-rate", "0"), "--cloud-rate"),
+    (("--minutes", "1", "--router-restart-min", "-1"), "--router-restart-min"),
     ((), "--minutes"),
 ])
 def test_bad_input_exits_2_with_a_clear_message(args: tuple[str, ...], why: str,
@@ -95,3 +96,10 @@ def test_histogram_percentiles_are_within_two_percent() -> None:
         got = h.percentile(q)
         assert got is not None and exact <= got * 1.0001 and got <= exact * 1.02, (q, got)
     assert LogHistogram().percentile(0.99) is None
+
+
+def test_a_soak_without_router_restarts_is_a_valid_option() -> None:
+    from runtime.bench.soak import SoakOptions
+    SoakOptions(minutes=1, router_restart_s=None).check()
+    with pytest.raises(ValueError, match="router_restart_s: must be > 0, got 0"):
+        SoakOptions(minutes=1, router_restart_s=0.0).check()

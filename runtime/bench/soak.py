@@ -30,7 +30,8 @@ reconnects), a charger Faulted for 15-45 s (StatusNotification; its commands are
 battery offline for 2-8 s (the server stops listening), a battery silent for 2-6 s (requests unanswered:
 timeouts and retries).
 And the router is restarted (SIGTERM, then started again on the same port and SQLite file) every
-``router_restart_s`` (10 min; never in a run shorter than 3 of them): the edge link and the client reconnect.
+``router_restart_s`` (10 min; never in a run shorter than 3 of them, nor with None): the edge link and the client
+reconnect.
 
 **Figures**, a progress line per ``report_every_s`` (60 s; a quarter of a run shorter than 4 min) with that
 interval's, and at the end the whole run's with their verdicts:
@@ -111,7 +112,7 @@ class SoakOptions:
     batteries: int = 50
     cloud_rate: float = 10.0
     fault_every_s: float = 20.0
-    router_restart_s: float = 600.0
+    router_restart_s: float | None = 600.0   # None: the router runs for the whole soak
     report_every_s: float | None = None
     sample_s: float = 5.0
     seed: int = 1
@@ -129,6 +130,8 @@ class SoakOptions:
         if not 1 <= self.batteries <= 500:
             raise ValueError(f"batteries: must be in 1..500, got {self.batteries}")
         for name in ("cloud_rate", "fault_every_s", "router_restart_s", "sample_s"):
+            if name == "router_restart_s" and self.router_restart_s is None:
+                continue
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name):g}")
 
@@ -459,7 +462,9 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
     duration = opts.minutes * 60.0
     warmup = warmup_s(duration)
     report_every = opts.report_every_s or (60.0 if duration >= 240 else max(2.0, duration / 4))
-    restart_every = opts.router_restart_s if duration >= 3 * opts.router_restart_s else None
+    restart_every = opts.router_restart_s
+    if restart_every is not None and duration < 3 * restart_every:
+        restart_every = None
     fault_every = min(opts.fault_every_s, duration / 8)   # a short run gets its faults too
     step_s = STEP_VIRTUAL_S / SPEEDUP
     before = leak_snapshot()

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     soak.add_argument("--cloud-rate", type=number(0, above=True), default=10.0,
                       help="cloud commands per second through the router (default 10)")
     soak.add_argument("--seed", type=integer(), default=1, help="seed of the faults drawn (default 1)")
+    soak.add_argument("--router-restart-min", type=number(0), default=10.0,
+                      help="restart the router every N minutes (default 10; 0: never, to see whether its RSS "
+                           "levels off)")
     soak.add_argument("--trace-memory", action="store_true",
                       help="trace allocations after the warm-up and print where what is still held at the end "
                            "was allocated (several times slower: use it with a smaller site, e.g. --chargers 100 "
@@ -55,6 +58,7 @@ def _soak(args: argparse.Namespace) -> int:
     try:
         figures = run_soak(SoakOptions(minutes=args.minutes, chargers=args.chargers, batteries=args.batteries,
                                        cloud_rate=args.cloud_rate, seed=args.seed,
+                                       router_restart_s=60.0 * args.router_restart_min or None,
                                        trace_memory=args.trace_memory), sys.stdout)
     finally:
         signal.signal(signal.SIGTERM, previous)
