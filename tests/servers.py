@@ -234,8 +234,9 @@ def running_router(tmp_path: Path, **overrides: Any) -> Iterator[RouterServer]:
 class RouterProcess:
     """``coordinator router --config FILE`` as a process of its own (for SIGTERM and kill -9)."""
 
-    def __init__(self, config_path: Path, port: int | None = None) -> None:
-        argv = [sys.executable, "-m", "runtime.cli", "router", "--config", str(config_path)]
+    def __init__(self, config_path: Path, port: int | None = None, verbose: bool = False) -> None:
+        argv = [sys.executable, "-m", "runtime.cli", *(["--verbose"] if verbose else []), "router", "--config",
+                str(config_path)]
         if port is not None:
             argv += ["--port", str(port)]
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -80,7 +80,7 @@ def test_sigterm_stops_the_router_cleanly_and_tokens_from_the_cli_work(tmp_path:
     minted = cli("token", "user", "--sub", "carla", "--control", "e2", "--config", str(config))
     assert minted.returncode == 0, minted.stderr
     edge_token = cli("token", "edge", "--edge", "e2", "--config", str(config)).stdout.strip()
-    proc = RouterProcess(config)
+    proc = RouterProcess(config, verbose=True)
     try:
         async def body():
             edge = FakeEdge(proc.ws_url, "e2", edge_token)   # an edge JWT instead of the edge's secret
@@ -94,6 +94,7 @@ def test_sigterm_stops_the_router_cleanly_and_tokens_from_the_cli_work(tmp_path:
     finally:
         assert proc.terminate() == 0
     assert "listening on http://127.0.0.1:" in "".join(proc.output)
+    assert "objects frozen out of the garbage collector" in "".join(proc.output)   # a process of its own
 
 
 def test_a_bad_router_file_exits_2_with_every_problem(tmp_path: Path):

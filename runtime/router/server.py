@@ -7,11 +7,17 @@ websocket peer (``[listen] ping_interval_s`` / ``ping_timeout_s``) and closes a 
 lifespan closes the stores) and returns 0. :meth:`RouterServer.start` runs the same on a thread named
 ``router-<instance>`` and returns once the port is bound (``port`` then tells which, when 0 was asked);
 :meth:`RouterServer.stop` ends it and joins the thread.
+
+As a process of its own (:meth:`RouterServer.run`, ``coordinator router``), the router freezes what it has
+built by the time it listens out of the garbage collector (``gc.collect(); gc.freeze()``: the app, its imports
+and the stores), so later collections do not walk them again; on a thread of a host process
+(:meth:`RouterServer.start`) the interpreter is the host's and is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
 import sys
@@ -61,10 +67,15 @@ class RouterServer:
             lifespan="on", log_config=None, access_log=False, backlog=listen.backlog, timeout_graceful_shutdown=5,
             http="h11"), self._started)
         self._on_started = on_started
+        self._own_process = False   # set by run(): then the interpreter is ours to tune
         self._up = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _started(self) -> None:
+        if self._own_process:
+            gc.collect()
+            gc.freeze()
+            log.info("router listening; %d objects frozen out of the garbage collector", gc.get_freeze_count())
         self._up.set()
         if self._on_started is not None:
             self._on_started(self)
@@ -91,6 +102,7 @@ class RouterServer:
         uvicorn re-raises the signal it shut down for once it has restored the handlers it found; the
         handlers it finds here swallow it, so a SIGTERM is a clean stop (exit 0), not a death by signal."""
         import signal
+        self._own_process = True
         previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.uvicorn.run()
