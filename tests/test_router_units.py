@@ -327,3 +327,24 @@ def test_stopping_tasks_gives_up_after_its_timeout_and_names_the_task(caplog):
 
     assert asyncio.run(main())
     assert "did not stop within 0.1 s" in caplog.text and "immortal" in caplog.text
+
+
+def test_purge_forgets_in_memory_what_it_deletes_so_memory_follows_the_retention(tmp_path: Path):
+    async def body():
+        db = SqliteDb(tmp_path / "router.sqlite")
+        store = SqliteStore(db)
+        await store.open()
+        for k, now in enumerate((100.0, 200.0)):
+            cid = f"c{k}"
+            await store.put(setpoint(cid, "e1", 1.0 + k, supersede=False), user="ann", origin="r1", now=now,
+                            expires_at=now + 60, digest=f"d{k}")
+            await store.transition(cid, "EXECUTED", allowed=frozenset({"QUEUED"}), now=now, deadline=None)
+        await store.flush()   # written and committed: both may go from memory now
+        assert (await store.get("c0")).state == (await store.get("c1")).state == "EXECUTED"
+        assert await store.purge(150.0) == 1
+        assert await store.get("c0") is None            # deleted in the file, and not kept in memory either
+        assert (await store.get("c1")).state == "EXECUTED"
+        assert list(store._recent) == ["c1"]
+        await store.close()
+        db.release()
+    asyncio.run(body())
