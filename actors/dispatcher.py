@@ -421,25 +421,18 @@ class DispatcherActor(HandlerTable, pykka.ThreadingActor):
         for asset_id, queued in outbox.items():
             # a command held, released or superseded later in the same burst may be queued twice or
             # not be in flight any more: send each id once, as the snapshot the table has now
-            if len(queued) == 1:
-                current = get(queued[0].command_id)
-                if current is None or current.status is not dispatched:
-                    continue
-                commands: tuple[Command, ...] = (current,)
-            else:
-                once: dict[str, Command] = {}
-                for c in queued:
-                    current = get(c.command_id)
-                    if current is not None and current.status is dispatched:
-                        once[c.command_id] = current
-                if not once:
-                    continue
-                commands = tuple(once.values())
+            commands: dict[str, Command] = {}
+            for c in queued:
+                current = get(c.command_id)
+                if current is not None and current.status is dispatched:
+                    commands[c.command_id] = current
+            if not commands:
+                continue
             ref = self._refs.get(asset_id)
             try:
                 if ref is None:
                     raise pykka.ActorDeadError(asset_id)
-                ref.tell(Execute(commands))
+                ref.tell(Execute(tuple(commands.values())))
             except pykka.ActorDeadError:  # died since due() saw it available: hold, resend on AssetUp
                 self._refs.pop(asset_id, None)
                 self._changes += self._table.hold_in_flight(asset_id, f"asset actor {asset_id} is not running", now)

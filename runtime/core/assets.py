@@ -60,7 +60,7 @@ class AssetSpec:
     def check(self, command: Command) -> str | None:
         """Why ``command`` is invalid for this device, or None when it is fine."""
         ct, v = command.command_type, command.value
-        if ct not in (_CHARGER_TYPES if self.kind == "charger" else _BATTERY_TYPES):
+        if ct not in self.supported():
             return f"{ct.value} is not supported by {self.kind} {self.asset_id}"
         if ct in _RATE_TYPES:
             if v < 0:

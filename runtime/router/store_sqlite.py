@@ -102,12 +102,17 @@ class SqliteStore(Store):
         rec.extra["batch"] = self.db.batch
         self.db.dirty()
 
-    def _forget_old(self) -> None:
-        while len(self._recent) > _RECENT:
-            cid, oldest = next(iter(self._recent.items()))
-            if oldest.extra.get("batch", 0) > self.db.committed:
+    def _forget_old(self, before: float | None = None) -> None:
+        """Forget the oldest closed records beyond the last ``_RECENT``, and (``before``) those last changed
+        before that time; never one whose batch is not committed yet."""
+        recent, committed = self._recent, self.db.committed
+        while recent:
+            cid, oldest = next(iter(recent.items()))
+            if len(recent) <= _RECENT and (before is None or oldest.updated_at >= before):
+                return   # closed in order, mostly: the rest is newer
+            if oldest.extra.get("batch", 0) > committed:
                 return
-            del self._recent[cid]
+            del recent[cid]
 
     async def open(self) -> None:
         self.db.script(_SCHEMA)
@@ -232,12 +237,7 @@ class SqliteStore(Store):
         retention, and a short retention would not bound the router's memory (at 10 commands/s a router
         grew about 2 MB a minute for the half hour it took to fill them)."""
         purged = await self.db.run("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))
-        recent, committed = self._recent, self.db.committed
-        while recent:
-            cid, oldest = next(iter(recent.items()))
-            if oldest.updated_at >= before or oldest.extra.get("batch", 0) > committed:
-                break   # closed in order, mostly: the rest is newer (or not yet written)
-            del recent[cid]
+        self._forget_old(before)
         return purged
 
     async def flush(self) -> None:
