@@ -43,6 +43,7 @@ from runtime.core.iothread import IOOperation, IOThread
 from runtime.core.statemachine import BatteryState, StateMachine, battery_machine, ev_charger_machine
 
 from .handlers import HandlerTable, handles
+from .inbox import WatchedInbox
 from .messages import (AssetHealth, AssetMemory, AssetRebooted, CommandReport, CommandReports, Crashed, DeviceDone,
                        DeviceReport, Execute, GetAssetState, LinkStarted, Ping, Pong, Publish, SetParameter)
 
@@ -119,6 +120,8 @@ async def _apply(link: DeviceLink, commands: tuple[Command, ...], timeout: float
 
 class AssetActor(HandlerTable, pykka.ThreadingActor):
     """One asset. Started and restarted by the supervisor with the same ``link`` object."""
+
+    _create_actor_inbox = staticmethod(WatchedInbox)  # Site.settle looks at it instead of waking the actor
 
     def __init__(self, spec: AssetSpec, link: DeviceLink, *, io: IOThread, clock: Clock,
                  dispatcher: pykka.ActorRef[Any], events: pykka.ActorRef[Any], supervisor: pykka.ActorRef[Any],

@@ -28,6 +28,7 @@ from runtime.core.commands import CommandStatus, CommandType
 from runtime.core.events import COMMAND_EVENTS, Event, EventType
 
 from .handlers import HandlerTable, handles
+from .inbox import WatchedInbox
 from .messages import Deliver, Ping, Pong, Publish, Subscribe, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def change_event(change: Change, now: Any) -> Event | None:
 
 class SubscriberActor(HandlerTable, pykka.ThreadingActor):
     """Calls one subscriber function for every event it is given."""
+
+    _create_actor_inbox = staticmethod(WatchedInbox)  # Site.settle looks at it instead of waking the actor
 
     def __init__(self, fn: Callable[[Event], Any]) -> None:
         super().__init__()

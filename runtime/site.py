@@ -43,6 +43,7 @@ from actors.dispatcher import DispatcherActor
 from actors.edge_link import EdgeLinkActor, EdgeLinkOptions
 from actors.event_actor import EventActor
 from actors.handlers import Request
+from actors.inbox import WatchedInbox
 from actors.messages import (GetAssetRef, GetAssetState, GetCommand, GetControllers, GetCounts, GetEdgeState,
                              GetStatus, ListCommands, Ping, Publish, SetController, SetParameter, SubmitBatch,
                              SubmitCommands, Subscribe, Unsubscribe)
@@ -649,10 +650,12 @@ class Site:
         that waits on a real device (sockets) is not waited for: use :meth:`wait_for` for that.
 
         Quiet means two looks in a row at every runtime actor's count of handled messages found the same
-        counts (each look asks every actor, after the loop has run what was ready). The last look of a
-        settle that found the site quiet counts as the first look of the next one, so a settle with
-        nothing new to wait for asks each actor once, not twice (the loop runs what was posted meanwhile
-        before the actors are asked)."""
+        counts (each look, after the loop has run what was ready, asks the dispatcher, supervisor and
+        event actor; an asset or subscriber actor is looked at through its inbox
+        (:class:`~actors.inbox.WatchedInbox`) and asked only when it is busy, so an idle one is not
+        woken). The last look of a settle that found the site quiet counts as the first look of the next
+        one, so a settle with nothing new to wait for looks once, not twice (the loop runs what was posted
+        meanwhile before the actors are looked at)."""
         deadline = _time.monotonic() + timeout
         last = self._quiet
         self._quiet = None
@@ -685,15 +688,27 @@ class Site:
             counts += (p.handled for p in pongs)
             asked = []
             for ref in pongs[1].detail.get("assets", []) + pongs[2].detail.get("subscribers", []):
-                try:
-                    asked.append((ref.actor_urn, ref.ask(Ping(), block=False)))
+                inbox = ref.actor_inbox
+                if isinstance(inbox, WatchedInbox) and ref.is_alive():
+                    taken, idle = inbox.look()
+                    if idle:  # it has handled all it was sent: as good as its answer to a Ping
+                        counts += (ref.actor_urn, taken)
+                        continue
+                try:  # busy (or an actor of the caller's): its answer comes once it has handled the rest
+                    asked.append((ref, ref.ask(Ping(), block=False)))
                 except pykka.ActorDeadError:
                     busy = True  # crashed: its Crashed message is on the way to the supervisor
-            for urn, f in asked:
+            for ref, f in asked:
                 try:
-                    counts += (urn, f.get(timeout=timeout).handled)
+                    handled = f.get(timeout=timeout).handled
                 except pykka.ActorDeadError:
                     busy = True
+                    continue
+                if isinstance(ref.actor_inbox, WatchedInbox):
+                    # counted by what it took, as at an idle look (its Pong counts what it handled)
+                    handled, idle = ref.actor_inbox.look()
+                    busy = busy or not idle
+                counts += (ref.actor_urn, handled)
             edge = self._edge
             if edge is not None:  # the cloud link (dead: the site has failed, and says so)
                 try:

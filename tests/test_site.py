@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from actors.messages import GetAssetRef
 from actors.supervisor import RestartPolicy
 from protocols.memory import InMemoryDevice
 from runtime import (BatterySpec, ChargerSpec, Command, CommandStatus as S, CommandType as T, EventType,
@@ -421,6 +422,40 @@ def test_a_settle_with_nothing_new_looks_once_and_still_waits_for_what_the_loop_
             looks.clear()
             assert site.settle() and len(looks) >= 2     # the report counted: the loop ran before the first look
             assert changes and changes[-1].payload["to_state"] == state   # out to subscribers, not on its way
+
+
+def test_a_settle_does_not_wake_idle_asset_actors():
+    with _site(ChargerSpec("ev-1"), ChargerSpec("ev-2")) as site:
+        refs = {a: site._refs["supervisor"].ask(GetAssetRef(a), timeout=5) for a in ("ev-1", "ev-2")}
+        inboxes = {a: ref.actor_inbox for a, ref in refs.items()}
+        taken = {a: inbox.look()[0] for a, inbox in inboxes.items()}
+        assert site.settle() and site.settle()
+        assert {a: inbox.look() for a, inbox in inboxes.items()} == {a: (n, True) for a, n in taken.items()}
+        site.submit(_cmd("c1", "ev-1"))
+        assert site.settle() and site.command("c1").status is S.COMPLETED
+        assert inboxes["ev-1"].look()[0] > taken["ev-1"] and inboxes["ev-2"].look() == (taken["ev-2"], True)
+
+
+def test_a_settle_waits_for_a_subscriber_still_handling_an_event():
+    with _site() as site:
+        entered, release, done = threading.Event(), threading.Event(), []
+
+        def slow(event) -> None:       # busy when settle looks at it; done a while later
+            entered.set()
+            assert release.wait(5)
+            done.append(event)
+        site.events.subscribe(EventType.COMMAND_COMPLETED, slow)
+        site.submit(_cmd("c1"))
+        assert entered.wait(5)
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        try:
+            assert site.settle()
+            assert len(done) == 1             # settle returned only after the subscriber had finished
+        finally:
+            timer.cancel()
+            release.set()
+            timer.join(5)
 
 
 def test_polling_a_command_never_strands_the_dispatchers_commit():
