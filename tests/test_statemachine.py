@@ -138,6 +138,16 @@ def test_a_table_naming_a_foreign_state_is_refused():
         StateMachine("x", B, B.IDLE, [Transition("bad", frozenset({E.AVAILABLE}), B.IDLE)])
 
 
+def test_a_table_given_as_a_tuple_is_refused_every_time_and_one_with_unhashable_rows_still_works():
+    bad = (Transition("bad", frozenset({E.AVAILABLE}), B.IDLE),)
+    for _ in range(2):      # a preset's table is indexed once; a refusal is not remembered as an index
+        with pytest.raises(ValueError, match="is not a BatteryState"):
+            StateMachine("x", B, B.IDLE, bad)
+    listed = (Transition("charge", [B.IDLE], B.CHARGING),)   # type: ignore[arg-type]  # sources as a list
+    sm = StateMachine("x", B, B.IDLE, listed)
+    assert sm.trigger("charge") is B.CHARGING
+
+
 # ------------------------------------------------------- gaps found by mutation testing (tests/tools/mutate.py)
 
 def test_an_initial_state_that_is_not_one_of_the_states_is_refused():

@@ -9,6 +9,7 @@ from_state, to_state, trigger) on the event bus, if one was given.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,30 @@ class Transition:
     guard: Guard | None = None
 
 
+def _index(states: type[Enum], transitions: Iterable[Transition]) -> dict[str, tuple[Transition, ...]]:
+    """The rows by trigger, after checking that every state they name is one of ``states``."""
+    rows: dict[str, list[Transition]] = {}
+    for row in transitions:
+        for s in (*row.sources, row.dest):
+            if s not in states:
+                raise ConfigurationError(f"transition {row.trigger!r}: {s!r} is not a {states.__name__}")
+        rows.setdefault(row.trigger, []).append(row)
+    return {trigger: tuple(r) for trigger, r in rows.items()}
+
+
+_indexed = functools.lru_cache(maxsize=32)(_index)
+
+
+def _rows_of(states: type[Enum], transitions: Iterable[Transition]) -> dict[str, tuple[Transition, ...]]:
+    """:func:`_index`, once per table given as a tuple (a preset's: not once per asset of a site)."""
+    if isinstance(transitions, tuple):
+        try:
+            return _indexed(states, transitions)
+        except TypeError:  # a row that cannot be hashed (sources given as a list): indexed afresh
+            pass
+    return _index(states, transitions)
+
+
 class StateMachine:
     """A finite state machine for one asset.
 
@@ -55,12 +80,7 @@ class StateMachine:
         self.asset_id = asset_id
         self.states = states
         self._state = initial
-        self._rows: dict[str, list[Transition]] = {}
-        for row in transitions:
-            for s in (*row.sources, row.dest):
-                if s not in states:
-                    raise ConfigurationError(f"transition {row.trigger!r}: {s!r} is not a {states.__name__}")
-            self._rows.setdefault(row.trigger, []).append(row)
+        self._rows = _rows_of(states, transitions)
         self.event_bus = event_bus
         self.on_change = on_change
         self._clock = clock or (lambda: datetime.now(timezone.utc))
