@@ -79,9 +79,13 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
 
     def on_start(self) -> None:
         for asset_id in self._specs:
-            self._start_asset(asset_id)
+            self._start_asset(asset_id, tell=False)
+        # then every AssetUp at once: the dispatcher takes them in one burst instead of waking for each
+        # (no message of this actor is handled before on_start ends, so no AssetDown can come first)
+        for asset_id, ref in self._refs.items():
+            self._dispatcher.tell(AssetUp(asset_id, ref, 0))
 
-    def _start_asset(self, asset_id: str) -> None:
+    def _start_asset(self, asset_id: str, tell: bool = True) -> None:
         ref = AssetActor.start(self._specs[asset_id], self._links[asset_id], io=self._io, clock=self._clock,
                                dispatcher=self._dispatcher, events=self._events, supervisor=self.actor_ref,
                                services=self._services, memory=self._memory.pop(asset_id, None),
@@ -90,7 +94,8 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
                                parameters=self._parameters.get(asset_id))
         self._refs[asset_id] = ref
         self._status[asset_id] = "running"
-        self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
+        if tell:
+            self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
 
     def receive(self, message: Any) -> Any:
         if type(message) not in (Ping, GetAssetRef, GetStatus):  # queries do not count towards quiescence
