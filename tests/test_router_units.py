@@ -348,3 +348,46 @@ def test_purge_forgets_in_memory_what_it_deletes_so_memory_follows_the_retention
         await store.close()
         db.release()
     asyncio.run(body())
+
+
+def test_a_command_timed_out_past_its_expiry_lets_go_of_its_submitter_so_a_long_connection_does_not_grow(
+        tmp_path: Path):
+    """A command DELIVERED or ACCEPTED whose result never comes is TIMED_OUT at expiry + ack_timeout and closed
+    at once (its expiry has passed: no sweep comes back for it). Its submitter hears the TIMED_OUT, then the hub
+    forgets who submitted it, as when the sweep closes a TIMED_OUT command; before, every such command stayed in
+    the client hub for as long as its submitter's connection lasted (a soak's operator: the whole run)."""
+    from runtime.router.auth import Principal
+    from runtime.router.clients import ClientConn
+    cfg = config(tmp_path, ack_timeout_s=10, limits={"user": "1000/second"})
+    clock = Clock()
+
+    class Outbox:
+        def __init__(self) -> None:
+            self.frames: list = []
+
+        def put(self, frame) -> bool:
+            self.frames.append(frame)
+            return True
+
+    async def body():
+        db = SqliteDb(tmp_path / "router.sqlite")
+        store, audit = SqliteStore(db), SqliteAudit(db)
+        await store.open()
+        await audit.open()
+        hub = Hub(cfg, store=store, audit=audit, limits=RateLimits(cfg.limits), fleet=Fleet("r1"), clock=clock)
+        who = Principal("ann", control=ALL)
+        conn = ClientConn(who, None, Outbox(), "test")   # type: ignore[arg-type]
+        hub.clients.add(conn)
+        for cid in ("d", "s"):
+            await hub.submit(who, setpoint(cid, "e1", 1, expiry_sec=60, supersede=False), client=conn)
+            await hub._move(cid, "SENT", frozenset({"QUEUED"}), await hub.store.get(cid), sent=True)
+        await hub._move("d", "DELIVERED", frozenset({"SENT"}), await hub.store.get("d"))
+        clock.now += 11                                   # s: no ack in time; TIMED_OUT, open until its expiry
+        assert await hub.sweep() == 1 and set(hub.clients._origin) == {"d", "s"}
+        clock.now += 60                                   # past d's expiry + the ack timeout
+        assert await hub.sweep() == 1 and (await hub.store.get("d")).state == "TIMED_OUT"
+        assert [f.frame["status"] for f in conn.outbox.frames if f.frame["command_id"] == "d"][-1] == "TIMED_OUT"
+        assert hub.clients._origin == {}                  # d closed at once, s closed by this sweep: both gone
+        await store.close()
+        await audit.close()
+    asyncio.run(body())

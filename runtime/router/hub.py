@@ -203,6 +203,8 @@ class Hub:
             return None
         self._audit("state", to, moved, detail=error)
         self._notify(moved)
+        if close:   # TIMED_OUT past its expiry, closed at once: no sweep will close it, so forget its submitter
+            self.clients.forget(command_id)
         return moved
 
     # ---- submit
