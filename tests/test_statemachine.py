@@ -148,6 +148,21 @@ def test_a_table_given_as_a_tuple_is_refused_every_time_and_one_with_unhashable_
     assert sm.trigger("charge") is B.CHARGING
 
 
+def test_a_table_of_another_enum_is_refused_even_when_an_equal_table_was_indexed_before():
+    from enum import IntEnum
+
+    class A(IntEnum):
+        X = 1
+        Y = 2
+
+    class Other(IntEnum):   # its members compare (and hash) equal to A's
+        X = 1
+        Y = 2
+    StateMachine("x", A, A.X, (Transition("go", frozenset({A.X}), A.Y),))
+    with pytest.raises(ValueError, match="is not a A"):
+        StateMachine("x", A, A.X, (Transition("go", frozenset({Other.X}), Other.Y),))
+
+
 # ------------------------------------------------------- gaps found by mutation testing (tests/tools/mutate.py)
 
 def test_an_initial_state_that_is_not_one_of_the_states_is_refused():

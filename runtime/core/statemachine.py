@@ -9,7 +9,6 @@ from_state, to_state, trigger) on the event bus, if one was given.
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,17 +50,24 @@ def _index(states: type[Enum], transitions: Iterable[Transition]) -> dict[str, t
     return {trigger: tuple(r) for trigger, r in rows.items()}
 
 
-_indexed = functools.lru_cache(maxsize=32)(_index)
+#: (states, id(table)) -> (table, its rows): a preset's table, checked and indexed once. Keyed by identity, not
+#: by value: rows compare equal across enums whose members do (IntEnum), and a table must be checked against
+#: its own ``states``. The table is kept, so its id is not reused while it is here.
+_INDEXED: dict[tuple[type[Enum], int], tuple[tuple[Transition, ...], dict[str, tuple[Transition, ...]]]] = {}
 
 
 def _rows_of(states: type[Enum], transitions: Iterable[Transition]) -> dict[str, tuple[Transition, ...]]:
     """:func:`_index`, once per table given as a tuple (a preset's: not once per asset of a site)."""
-    if isinstance(transitions, tuple):
-        try:
-            return _indexed(states, transitions)
-        except TypeError:  # a row that cannot be hashed (sources given as a list): indexed afresh
-            pass
-    return _index(states, transitions)
+    if not isinstance(transitions, tuple):
+        return _index(states, transitions)
+    key = (states, id(transitions))
+    hit = _INDEXED.get(key)
+    if hit is not None and hit[0] is transitions:
+        return hit[1]
+    rows = _index(states, transitions)
+    if len(_INDEXED) < 64:  # a bounded memo: tables built on the fly are indexed each time
+        _INDEXED[key] = (transitions, rows)
+    return rows
 
 
 class StateMachine:
