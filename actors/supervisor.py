@@ -79,13 +79,14 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
 
     def on_start(self) -> None:
         for asset_id in self._specs:
-            self._start_asset(asset_id, tell=False)
+            self._start_asset(asset_id)
         # then every AssetUp at once: the dispatcher takes them in one burst instead of waking for each
         # (no message of this actor is handled before on_start ends, so no AssetDown can come first)
-        for asset_id, ref in self._refs.items():
-            self._dispatcher.tell(AssetUp(asset_id, ref, 0))
+        for asset_id in self._refs:
+            self._announce(asset_id)
 
-    def _start_asset(self, asset_id: str, tell: bool = True) -> None:
+    def _start_asset(self, asset_id: str) -> None:
+        """Start the asset's actor; :meth:`_announce` tells the dispatcher."""
         ref = AssetActor.start(self._specs[asset_id], self._links[asset_id], io=self._io, clock=self._clock,
                                dispatcher=self._dispatcher, events=self._events, supervisor=self.actor_ref,
                                services=self._services, memory=self._memory.pop(asset_id, None),
@@ -94,8 +95,9 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
                                parameters=self._parameters.get(asset_id))
         self._refs[asset_id] = ref
         self._status[asset_id] = "running"
-        if tell:
-            self._dispatcher.tell(AssetUp(asset_id, ref, self._restarts.get(asset_id, 0)))
+
+    def _announce(self, asset_id: str) -> None:
+        self._dispatcher.tell(AssetUp(asset_id, self._refs[asset_id], self._restarts.get(asset_id, 0)))
 
     def receive(self, message: Any) -> Any:
         if type(message) not in (Ping, GetAssetRef, GetStatus):  # queries do not count towards quiescence
@@ -134,6 +136,7 @@ class SupervisorActor(HandlerTable, pykka.ThreadingActor):
         if self._status.get(message.asset_id) == "restarting":
             self._restarts[message.asset_id] = self._restarts.get(message.asset_id, 0) + 1
             self._start_asset(message.asset_id)
+            self._announce(message.asset_id)
             self._publish(EventType.ASSET_RESTARTED, {"asset_id": message.asset_id,
                                                       "restarts": self._restarts[message.asset_id]})
 

@@ -17,7 +17,8 @@ handlers only authenticate and decode; everything a command goes through is here
 * The sweeper acts on deadlines: QUEUED past its expiry -> EXPIRED, no ack in ``ack_timeout_s`` -> TIMED_OUT.
 
 Every state change is one audit row and one status frame (to the submitter until the command is closed, to
-subscribers, and through the fleet to the other instances' clients). Everything here runs on the router's loop (uvicorn's).
+subscribers, and through the fleet to the other instances' clients). Everything here runs on the router's loop
+(uvicorn's).
 """
 
 from __future__ import annotations
