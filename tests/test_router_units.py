@@ -224,6 +224,49 @@ class Clock:
         return self.now
 
 
+def test_the_store_keeps_only_the_last_closed_commands_in_memory_and_reads_older_ones_from_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import runtime.router.store_sqlite as store_sqlite
+    monkeypatch.setattr(store_sqlite, "_RECENT", 2)
+    done = frozenset({"SENT"})
+
+    async def body():
+        db = SqliteDb(tmp_path / "router.sqlite")
+        store = SqliteStore(db)
+        await store.open()
+
+        async def run_one(cid: str, value: float, to: str = "EXECUTED") -> None:
+            await store.put(setpoint(cid, "e1", value, supersede=False), user="ann", origin="r1", now=value,
+                            expires_at=value + 60, digest="d")
+            await store.transition(cid, "SENT", allowed=frozenset({"QUEUED"}), now=value, deadline=value + 10,
+                                   sent=True)
+            await store.transition(cid, to, allowed=done if to == "EXECUTED" else frozenset({"QUEUED", "SENT"}),
+                                   now=value + 0.5, deadline=None)
+        for i in range(5):
+            await run_one(f"c{i}", float(i))
+        assert list(store._recent) == ["c0", "c1", "c2", "c3", "c4"]   # none written yet: all kept
+        await store.flush()
+        await store.put(setpoint("c5", "e1", 5.0, supersede=False), user="ann", origin="r1", now=5.0,
+                        expires_at=65.0, digest="d")
+        (await store.get("c5")).extra["wire"] = {"cached": "frame"}   # as the hub caches a command's frame
+        await store.transition("c5", "EXPIRED", allowed=frozenset({"QUEUED"}), now=6.0, deadline=None)
+        assert list(store._recent) == ["c4", "c5"]                    # written ones beyond the last 2: forgotten
+        assert "wire" not in (await store.get("c5")).extra          # a closed command sends no frame
+        old = await store.get("c0")                                   # read back from the file
+        assert (old.state, old.seq, old.sends, old.command.value, old.updated_at) == ("EXECUTED", 1, 1, 0.0, 0.5)
+        rec, changed = await store.transition("c1", "FAILED", allowed=frozenset({"EXECUTED"}), now=9.0,
+                                              deadline=None, error="late")
+        assert changed and rec.state == "FAILED"                      # an old one still changes, and is written
+        await store.flush()
+        await store.close()
+        again = SqliteStore(SqliteDb(tmp_path / "router.sqlite"))
+        await again.open()
+        states = [(await again.get(f"c{i}")).state for i in range(6)]
+        assert states == ["EXECUTED", "FAILED", "EXECUTED", "EXECUTED", "EXECUTED", "EXPIRED"]
+        await again.close()
+    asyncio.run(body())
+
+
 def test_deadlines_expire_time_out_get_a_restart_grace_and_leave_the_pending_list(tmp_path: Path):
     cfg = config(tmp_path, ack_timeout_s=10, restart_grace_s=30, limits={"user": "1000/second"})
     clock = Clock()

@@ -44,8 +44,10 @@ _UPSERT = (f"INSERT INTO commands ({_COLUMNS}, edge_id, dkey, priority, command_
            "state = excluded.state, sent_at = excluded.sent_at, deadline = excluded.deadline, "
            "error = excluded.error, executed_at = excluded.executed_at, updated_at = excluded.updated_at, "
            "sends = excluded.sends, open = excluded.open")
-#: closed commands kept in memory (at least until their batch is committed)
-_RECENT = 20_000
+#: closed commands kept in memory (at least until their batch is committed). Few: every record held is walked
+#: by each full garbage collection (20,000 of them made each one about 120 ms longer on a slow machine, a pause
+#: every few seconds under load), and a read of an older one is one indexed query on the reader connection.
+_RECENT = 2_000
 _SEQ = "INSERT INTO edge_seq (edge_id, seq) VALUES (?, ?) ON CONFLICT (edge_id) DO UPDATE SET seq = excluded.seq"
 
 
@@ -181,6 +183,7 @@ class SqliteStore(Store):
             rec.sends += 1
         if close:
             rec.extra["open"] = False
+            rec.extra.pop("wire", None)   # the hub's cached command frame: no frame is sent for a closed command
             self._open.pop(command_id, None)
             self._edge_open.get(rec.edge_id, {}).pop(command_id, None)
             self._recent[command_id] = rec
@@ -233,7 +236,7 @@ class SqliteStore(Store):
 
     async def purge(self, before: float) -> int:
         """Delete the final commands last changed before ``before``, and forget them in memory too: the
-        closed records kept for quick reads (``_recent``, up to 20,000) would otherwise outlive the
+        closed records kept for quick reads (``_recent``, up to 2,000) would otherwise outlive the
         retention, and a short retention would not bound the router's memory (at 10 commands/s a router
         grew about 2 MB a minute for the half hour it took to fill them)."""
         purged = await self.db.run("DELETE FROM commands WHERE open = 0 AND updated_at < ?", (before,))
