@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime.bench.report import LogHistogram
-from runtime.bench.soak import _growth_pct_per_h
+from runtime.bench.soak import _first_after, _growth_pct_per_h
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = (sys.executable, "-m", "runtime.cli", "bench", "soak")
@@ -38,6 +38,7 @@ def test_a_short_soak_carries_site_and_cloud_commands_and_leaks_nothing() -> Non
     assert int(figure(total, "site_completed")) > 0
     assert int(figure(total, "cloud_executed")) > 0
     assert int(figure(total, "steps")) >= 1
+    assert int(figure(total, "py_blocks_end")) > 100_000   # this interpreter, with the site loaded, holds more
     for key in ("leaked_threads", "leaked_tasks", "leaked_fds", "leaked_sockets", "leaked_children"):
         assert figure(total, key) == "0", total
     assert figure(total, "control_errors") == "0", total
@@ -85,6 +86,7 @@ def test_growth_is_the_least_squares_slope_after_the_warm_up() -> None:
     rising = [(t, 50.0 + t) for t in range(0, 60, 5)] + [(t, 100.0 + (t - 60) / 60) for t in range(60, 600, 5)]
     assert _growth_pct_per_h(rising, 60) == pytest.approx(60.0, rel=1e-6)
     assert _growth_pct_per_h(flat[:2], 0) is None
+    assert _first_after(rising, 60) == 100 and _first_after(rising, 600) is None
 
 
 def test_histogram_percentiles_are_within_two_percent() -> None:

@@ -43,7 +43,11 @@ interval's, and at the end the whole run's with their verdicts:
   long run keeps no list of samples; the other final states are counted (``*_statuses``);
 * RSS growth per hour after the warm-up (:func:`warmup_s`: 5 min, a third of a shorter run): the
   least-squares slope of this process's RSS (sampled every ``sample_s``), as % of its RSS at the end of the
-  warm-up per hour (target: under 5 %/h); the router's likewise (since its last restart);
+  warm-up per hour (target: under 5 %/h); the router's likewise (since its last restart); and, to tell a
+  growing Python heap from a growing C allocator, the same slope of the memory blocks the interpreter has
+  allocated (``sys.getallocatedblocks()``: every object and buffer it holds, whatever its size;
+  ``py_blocks_*``). RSS can grow while that count is flat: the C allocator's heap grows in steps as freed
+  buffers of many sizes leave gaps that a larger request does not fit (fragmentation);
 * leaks: threads, asyncio tasks not done, file descriptors, sockets and child processes left after
   everything stopped, against the same counted before anything started (target 0; 5 s grace for threads
   that are exiting).
@@ -62,6 +66,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -265,6 +270,11 @@ def _growth_pct_per_h(samples: list[tuple[float, float]], since: float) -> float
     den = sum((t - mt) ** 2 for t, _ in pts)
     slope = sum((t - mt) * (v - mv) for t, v in pts) / den
     return round(slope * 3600.0 / pts[0][1] * 100.0, 2) if pts[0][1] else None
+
+
+def _first_after(samples: list[tuple[float, float]], since: float) -> int | None:
+    """The first sampled value at or after ``since`` (None if none)."""
+    return next((int(v) for t, v in samples if t >= since), None)
 
 
 # ---- the cloud client ----------------------------------------------------------------------------------
@@ -475,6 +485,7 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
                                "speedup": SPEEDUP, "step_s": step_s, "cloud_rate": opts.cloud_rate}
     rss: list[tuple[float, float]] = []
     router_rss: list[tuple[float, float]] = []
+    blocks: list[tuple[float, float]] = []
     events: Counter[str] = Counter()
     restarts = 0
     steps = 0
@@ -572,6 +583,7 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
                     if now >= next_sample:
                         rss.append((now - t0, proc_rss_mb()))
                         router_rss.append((now - t0, router_holder[-1].rss_mb()))
+                        blocks.append((now - t0, float(sys.getallocatedblocks())))
                         next_sample += opts.sample_s
                     if now >= next_restart:
                         router_holder[-1].stop()
@@ -591,6 +603,7 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
                             "t_min": round((now - t0) / 60.0, 2), "site_per_s": round(sh.count / took, 1),
                             "site_p99_ms": ms(sh.percentile(0.99)), "cloud_per_s": round(ch.count / took, 1),
                             "cloud_p99_ms": ms(ch.percentile(0.99)), "rss_mb": round(proc_rss_mb(), 1),
+                            "py_blocks": sys.getallocatedblocks(),
                             "router_rss_mb": round(router_holder[-1].rss_mb(), 1),
                             "in_flight": site_path.in_flight() + cloud_path.in_flight(),
                             "edge_log": (site.cloud_status() or {}).get("log_entries"),
@@ -627,6 +640,9 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
                                 "rss_mb_start": round(rss[0][1], 1) if rss else None,
                                 "rss_mb_end": round(proc_rss_mb(), 1),
                                 "rss_pct_per_h": _growth_pct_per_h(rss, warmup),
+                                "py_blocks_warmup": _first_after(blocks, warmup),
+                                "py_blocks_end": sys.getallocatedblocks(),
+                                "py_blocks_pct_per_h": _growth_pct_per_h(blocks, warmup),
                                 "router_rss_mb": round(router_holder[-1].rss_mb(), 1),
                                 "router_rss_pct_per_h": _growth_pct_per_h(router_rss, warmup),
                                 "journal_mb": _dir_mb(folder / "journal"),
