@@ -5,6 +5,7 @@ every wait is bounded."""
 
 from __future__ import annotations
 
+import platform
 import re
 import subprocess
 import sys
@@ -39,6 +40,8 @@ def test_a_short_soak_carries_site_and_cloud_commands_and_leaks_nothing() -> Non
     assert int(figure(total, "cloud_executed")) > 0
     assert int(figure(total, "steps")) >= 1
     assert int(figure(total, "py_blocks_end")) > 100_000   # this interpreter, with the site loaded, holds more
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert figure(total, "mmap_threshold_fixed") == "True"   # as coordinator run does
     for key in ("leaked_threads", "leaked_tasks", "leaked_fds", "leaked_sockets", "leaked_children"):
         assert figure(total, key) == "0", total
     assert figure(total, "control_errors") == "0", total

@@ -47,7 +47,10 @@ interval's, and at the end the whole run's with their verdicts:
   growing Python heap from a growing C allocator, the same slope of the memory blocks the interpreter has
   allocated (``sys.getallocatedblocks()``: every object and buffer it holds, whatever its size;
   ``py_blocks_*``). RSS can grow while that count is flat: the C allocator's heap grows in steps as freed
-  buffers of many sizes leave gaps that a larger request does not fit (fragmentation);
+  buffers of many sizes leave gaps that a larger request does not fit (fragmentation). The soak fixes glibc's
+  mmap threshold before the site starts, as ``coordinator run`` does (``mmap_threshold_fixed``; see
+  :mod:`runtime.service.process`); ``fix_allocator=False`` (``--embedded-allocator``) leaves it as an
+  embedded Site finds it;
 * leaks: threads, asyncio tasks not done, file descriptors, sockets and child processes left after
   everything stopped, against the same counted before anything started (target 0; 5 s grace for threads
   that are exiting).
@@ -83,6 +86,8 @@ from runtime.core.commands import Command, CommandType
 from runtime.core.events import EventType
 from runtime.core.iothread import IOThread
 from runtime.site import Site
+
+from runtime.service.process import fix_mmap_threshold
 
 from .cloud import RouterProc, free_port, proc_rss_mb, router_config, user_token
 from .fleet import connect_fleet, fleet_specs
@@ -125,6 +130,10 @@ class SoakOptions:
     #: Trace this process's allocations from the end of the warm-up (tracemalloc; it slows the process down)
     #: and print where the memory still held at the end was allocated: what grew, by place.
     trace_memory: bool = False
+    #: Fix glibc's mmap threshold before the site starts, as ``coordinator run`` does
+    #: (:func:`runtime.service.process.fix_mmap_threshold`; process-wide, for good); False: the allocator as an
+    #: embedded Site finds it.
+    fix_allocator: bool = True
 
     def check(self) -> None:
         """ValueError naming the option that is out of range."""
@@ -477,12 +486,14 @@ def run_soak(opts: SoakOptions, out: TextIO) -> dict[str, Any]:
         restart_every = None
     fault_every = min(opts.fault_every_s, duration / 8)   # a short run gets its faults too
     step_s = STEP_VIRTUAL_S / SPEEDUP
+    fixed = fix_mmap_threshold() if opts.fix_allocator else False
     before = leak_snapshot()
     load0 = os.getloadavg()
     rng = random.Random(opts.seed)
     site_path, cloud_path = _Path("COMPLETED"), _Path("EXECUTED")
     figures: dict[str, Any] = {"chargers": opts.chargers, "batteries": opts.batteries, "minutes": opts.minutes,
-                               "speedup": SPEEDUP, "step_s": step_s, "cloud_rate": opts.cloud_rate}
+                               "speedup": SPEEDUP, "step_s": step_s, "cloud_rate": opts.cloud_rate,
+                               "mmap_threshold_fixed": fixed}
     rss: list[tuple[float, float]] = []
     router_rss: list[tuple[float, float]] = []
     blocks: list[tuple[float, float]] = []

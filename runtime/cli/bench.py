@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="trace allocations after the warm-up and print where what is still held at the end "
                            "was allocated (several times slower: use it with a smaller site, e.g. --chargers 100 "
                            "--batteries 10)")
+    soak.add_argument("--embedded-allocator", action="store_true",
+                      help="leave glibc's mmap threshold as an embedded Site finds it (by default the soak fixes "
+                           "it, as coordinator run does)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +62,8 @@ def _soak(args: argparse.Namespace) -> int:
         figures = run_soak(SoakOptions(minutes=args.minutes, chargers=args.chargers, batteries=args.batteries,
                                        cloud_rate=args.cloud_rate, seed=args.seed,
                                        router_restart_s=60.0 * args.router_restart_min or None,
-                                       trace_memory=args.trace_memory), sys.stdout)
+                                       trace_memory=args.trace_memory,
+                                       fix_allocator=not args.embedded_allocator), sys.stdout)
     finally:
         signal.signal(signal.SIGTERM, previous)
     print_soak(sys.stdout, figures)
