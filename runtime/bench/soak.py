@@ -49,7 +49,7 @@ interval's, and at the end the whole run's with their verdicts:
   ``py_blocks_*``). RSS can grow while that count is flat: the C allocator's heap grows in steps as freed
   buffers of many sizes leave gaps that a larger request does not fit (fragmentation). The soak fixes glibc's
   mmap threshold before the site starts, as ``coordinator run`` does (``mmap_threshold_fixed``; see
-  :mod:`runtime.service.process`); ``fix_allocator=False`` (``--embedded-allocator``) leaves it as an
+  :mod:`runtime.service.allocator`); ``fix_allocator=False`` (``--embedded-allocator``) leaves it as an
   embedded Site finds it;
 * leaks: threads, asyncio tasks not done, file descriptors, sockets and child processes left after
   everything stopped, against the same counted before anything started (target 0; 5 s grace for threads
@@ -87,7 +87,7 @@ from runtime.core.events import EventType
 from runtime.core.iothread import IOThread
 from runtime.site import Site
 
-from runtime.service.process import fix_mmap_threshold
+from runtime.service.allocator import fix_mmap_threshold
 
 from .cloud import RouterProc, free_port, proc_rss_mb, router_config, user_token
 from .fleet import connect_fleet, fleet_specs
@@ -131,7 +131,7 @@ class SoakOptions:
     #: and print where the memory still held at the end was allocated: what grew, by place.
     trace_memory: bool = False
     #: Fix glibc's mmap threshold before the site starts, as ``coordinator run`` does
-    #: (:func:`runtime.service.process.fix_mmap_threshold`; process-wide, for good); False: the allocator as an
+    #: (:func:`runtime.service.allocator.fix_mmap_threshold`; process-wide, for good); False: the allocator as an
     #: embedded Site finds it.
     fix_allocator: bool = True
 

@@ -22,12 +22,8 @@ links, recovered commands) are collected once and frozen out of the garbage coll
 later collections do not walk them again; and the GIL switch interval is raised from CPython's 5 ms to
 :data:`SWITCH_INTERVAL_S`, so that the one thread per asset hand the GIL over less often under load (a
 thread that blocks or waits hands it over at once, whatever the interval). Where the C library is glibc, its
-mmap threshold is fixed at :data:`MMAP_THRESHOLD_BYTES` (:func:`fix_mmap_threshold`): buffers that large (the
-tables of big dicts and lists, large frames) are then mapped and unmapped on their own. glibc's default
-raises the threshold, up to 32 MiB, to the size of each mapped buffer that is freed, so that after a while
-such buffers come from the heap and, freed, leave gaps in it that the next, slightly larger one does not
-fit: in the soak the site's RSS kept rising in steps of the heap while the interpreter's own blocks were
-flat. ``SiteProcess(tune=False)`` leaves the interpreter as it is.
+mmap threshold is fixed (:mod:`.allocator`), before the site is built, so that glibc never raises it.
+``SiteProcess(tune=False)`` leaves the interpreter as it is.
 
 A site that fails on its own (its dispatcher, event actor or cloud link died) makes the process exit 1; a bad
 configuration exits 2 before anything starts. After kill -9, starting the process again recovers every
@@ -37,7 +33,6 @@ applied again.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import signal
@@ -54,6 +49,7 @@ from runtime.core.errors import SiteFailed
 from runtime.core.grid import GridLimit
 from runtime.site import Site
 
+from .allocator import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from .simulate import Simulators
 
 log = logging.getLogger(__name__)
@@ -65,26 +61,6 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 #: The GIL switch interval of the site process (CPython's default is 0.005 s); see the module docstring.
 SWITCH_INTERVAL_S = 0.01
-
-
-#: The mmap threshold the site process fixes in glibc's allocator (glibc's own starting value); see the module
-#: docstring.
-MMAP_THRESHOLD_BYTES = 128 * 1024
-_M_MMAP_THRESHOLD = -3   # glibc's <malloc.h>
-
-
-def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix the C allocator's mmap threshold at ``nbytes`` (glibc's ``mallopt(M_MMAP_THRESHOLD)``), which also
-    turns off glibc's raising of it. Process-wide and for good: there is no call that turns the raising on
-    again. Returns False where the C library does not take it (not glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, nbytes))
 
 
 def tune_interpreter(switch_interval_s: float | None = SWITCH_INTERVAL_S, freeze: bool = True,
@@ -171,6 +147,8 @@ class SiteProcess:
 
     def _start(self) -> None:
         config = self.config
+        if self._tune:
+            fix_mmap_threshold()   # before the site is built: the sooner, the fewer raises glibc made (.allocator)
         links = self.simulators.start_batteries() if self.simulators is not None else None
         options = site_options(config)
         if self.simulators is not None and options.get("ocpp") is not None:
