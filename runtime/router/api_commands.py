@@ -61,8 +61,9 @@ async def get_command(command_id: str, who: Principal = Depends(principal),
         raise ApiError(Refusal("not_found", f"no command {command_id!r}" if rec is None else
                                f"{who.subject} may not view edge {rec.edge_id!r}", 404 if rec is None else 403,
                                command_id))
-    history = await state.audit.query(AuditQuery(command_id=command_id, limit=10_000))
-    return {**rec.to_api(), "history": [r.to_dict() for r in history]}
+    record = rec.to_api()   # before the wait for the history: the record in memory may move on meanwhile
+    history = await state.audit.query(AuditQuery(command_id=command_id, limit=10_000))   # has every row so far
+    return {**record, "history": [r.to_dict() for r in history]}
 
 
 @router.delete("/{command_id}", summary="Cancel a command (at once while QUEUED; else the edge decides)")
