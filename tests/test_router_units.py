@@ -228,20 +228,18 @@ def test_the_store_keeps_only_the_last_closed_commands_in_memory_and_reads_older
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import runtime.router.store_sqlite as store_sqlite
     monkeypatch.setattr(store_sqlite, "_RECENT", 2)
-    done = frozenset({"SENT"})
 
     async def body():
         db = SqliteDb(tmp_path / "router.sqlite")
         store = SqliteStore(db)
         await store.open()
 
-        async def run_one(cid: str, value: float, to: str = "EXECUTED") -> None:
+        async def run_one(cid: str, value: float) -> None:
             await store.put(setpoint(cid, "e1", value, supersede=False), user="ann", origin="r1", now=value,
                             expires_at=value + 60, digest="d")
             await store.transition(cid, "SENT", allowed=frozenset({"QUEUED"}), now=value, deadline=value + 10,
                                    sent=True)
-            await store.transition(cid, to, allowed=done if to == "EXECUTED" else frozenset({"QUEUED", "SENT"}),
-                                   now=value + 0.5, deadline=None)
+            await store.transition(cid, "EXECUTED", allowed=frozenset({"SENT"}), now=value + 0.5, deadline=None)
         for i in range(5):
             await run_one(f"c{i}", float(i))
         assert list(store._recent) == ["c0", "c1", "c2", "c3", "c4"]   # none written yet: all kept

@@ -85,9 +85,8 @@ from actors.edge_link import EdgeLinkOptions
 from runtime.core.commands import Command, CommandType
 from runtime.core.events import EventType
 from runtime.core.iothread import IOThread
-from runtime.site import Site
-
 from runtime.service.allocator import fix_mmap_threshold
+from runtime.site import Site
 
 from .cloud import RouterProc, free_port, proc_rss_mb, router_config, user_token
 from .fleet import connect_fleet, fleet_specs

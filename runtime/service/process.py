@@ -55,7 +55,7 @@ from .simulate import Simulators
 log = logging.getLogger(__name__)
 
 __all__ = ["SiteProcess", "Component", "EXIT_OK", "EXIT_FAILED", "EXIT_BAD_CONFIG", "SWITCH_INTERVAL_S",
-           "tune_interpreter", "fix_mmap_threshold", "MMAP_THRESHOLD_BYTES"]
+           "tune_interpreter"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
